@@ -1,0 +1,334 @@
+/**
+ * The only module that touches protobufjs. Encodes and decodes the two
+ * envelopes of proto/replication.proto, turns 64-bit integers into numbers
+ * after a range check, rejects envelopes without a body, unknown enum values
+ * and malformed bytes with ReplError('E_PROTOCOL'), and returns our own
+ * discriminated unions. Pure: Buffer in, typed value out.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as protobuf from 'protobufjs';
+import { ReplError } from '../common/errors';
+
+export const PROTOCOL_VERSION = 1;
+/** Largest envelope either side accepts (a 4 MiB write plus headers). */
+export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
+
+export type WriteKind = 'data' | 'zeroes' | 'trim';
+export type WriteOrigin = 'live' | 'resync';
+export type SyncMode = 'resume' | 'full';
+export type SealReason = 'timer' | 'flush' | 'fua' | 'resync-end' | 'shutdown';
+export type RefuseCode =
+  | 'unspecified'
+  | 'auth'
+  | 'version'
+  | 'busy'
+  | 'uuid-mismatch'
+  | 'stale-generation'
+  | 'failed-over'
+  | 'invalid';
+
+export interface Hello {
+  protocolVersion: number;
+  agentId: string;
+  volumeName: string;
+  volumeUuid: string;
+  volumeSize: number;
+  blockSize: number;
+  regionSize: number;
+  generation: number;
+  durableEpoch: number;
+  token: string;
+  forceFullSync: boolean;
+  nextSeq: number;
+  nextEpoch: number;
+}
+export interface Welcome {
+  protocolVersion: number;
+  hubId: string;
+  generation: number;
+  syncMode: SyncMode;
+  durableEpoch: number;
+  durableSeq: number;
+  resyncOpen: boolean;
+}
+export interface Refuse {
+  code: RefuseCode;
+  message: string;
+}
+export interface Write {
+  seq: number;
+  epoch: number;
+  offset: number;
+  length: number;
+  kind: WriteKind;
+  origin: WriteOrigin;
+  /** Present (length bytes) only for kind 'data'. */
+  data: Buffer;
+  crc32c: number;
+  timeMs: number;
+}
+export interface Seal {
+  epoch: number;
+  lastSeq: number;
+  timeMs: number;
+  reason: SealReason;
+}
+export interface ResyncBegin {
+  resyncId: number;
+  full: boolean;
+  totalBytes: number;
+}
+export interface ResyncEnd {
+  resyncId: number;
+  epoch: number;
+}
+export interface AgentStatus {
+  ackedSeq: number;
+  ackedTimeMs: number;
+  dirtyBytes: number;
+  queueBytes: number;
+  ahead: boolean;
+  resyncDoneBytes: number;
+  resyncTotalBytes: number;
+}
+export interface Goodbye {
+  reason: string;
+}
+export interface Ack {
+  durableEpoch: number;
+  durableSeq: number;
+}
+
+export type AgentMessage =
+  | { type: 'hello'; hello: Hello }
+  | { type: 'write'; write: Write }
+  | { type: 'seal'; seal: Seal }
+  | { type: 'resyncBegin'; resyncBegin: ResyncBegin }
+  | { type: 'resyncEnd'; resyncEnd: ResyncEnd }
+  | { type: 'status'; status: AgentStatus }
+  | { type: 'goodbye'; goodbye: Goodbye };
+
+export type HubMessage =
+  | { type: 'welcome'; welcome: Welcome }
+  | { type: 'refuse'; refuse: Refuse }
+  | { type: 'ack'; ack: Ack }
+  | { type: 'goodbye'; goodbye: Goodbye };
+
+// ---- schema loading -------------------------------------------------------
+
+function findProto(): string {
+  const candidates = [
+    path.join(__dirname, 'replication.proto'),
+    path.join(__dirname, '..', '..', 'proto', 'replication.proto'),
+  ];
+  for (const c of candidates) if (fs.existsSync(c)) return c;
+  throw ReplError.internal(`replication.proto not found (looked in ${candidates.join(', ')})`);
+}
+
+const root = protobuf.loadSync(findProto());
+const AgentMessageType = root.lookupType('blockrep.v1.AgentMessage');
+const HubMessageType = root.lookupType('blockrep.v1.HubMessage');
+
+/** Enum tables: wire number <-> our string names, in declaration order. */
+const ENUMS = {
+  'blockrep.v1.WriteKind': ['data', 'zeroes', 'trim'],
+  'blockrep.v1.WriteOrigin': ['live', 'resync'],
+  'blockrep.v1.SyncMode': ['resume', 'full'],
+  'blockrep.v1.SealReason': ['timer', 'flush', 'fua', 'resync-end', 'shutdown'],
+  'blockrep.v1.RefuseCode': [
+    'unspecified',
+    'auth',
+    'version',
+    'busy',
+    'uuid-mismatch',
+    'stale-generation',
+    'failed-over',
+    'invalid',
+  ],
+} as const;
+
+type Plain = Record<string, unknown>;
+
+function toNumber(value: unknown, field: string): number {
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value) || value < 0) throw ReplError.protocol(`field ${field} out of range`);
+    return value;
+  }
+  const long = value as { low?: unknown; high?: unknown; unsigned?: unknown } | null;
+  if (long && typeof long.low === 'number' && typeof long.high === 'number') {
+    // high word must leave the value inside 2^53 and non-negative
+    if (long.high < 0 || long.high >= 0x200000) throw ReplError.protocol(`field ${field} out of range`);
+    return long.high * 0x100000000 + (long.low >>> 0);
+  }
+  throw ReplError.protocol(`field ${field} is not an integer`);
+}
+
+/** Converts a decoded protobufjs message of `type` into a plain object of our shape. */
+function fromMessage(type: protobuf.Type, msg: protobuf.Message | Plain): Plain {
+  const out: Plain = {};
+  const src = msg as unknown as Plain;
+  for (const field of type.fieldsArray) {
+    if (field.partOf) continue; // oneof members are handled by the envelope
+    const value = src[field.name];
+    field.resolve();
+    if (field.resolvedType instanceof protobuf.Enum) {
+      const names = ENUMS[field.resolvedType.fullName.replace(/^\./, '') as keyof typeof ENUMS];
+      const n = typeof value === 'number' ? value : 0;
+      const name = names?.[n];
+      if (name === undefined) throw ReplError.protocol(`${field.name}: unknown enum value ${n}`);
+      out[field.name] = name;
+    } else if (['uint64', 'int64', 'fixed64', 'sint64', 'sfixed64'].includes(field.type)) {
+      out[field.name] = value === undefined || value === null ? 0 : toNumber(value, field.name);
+    } else if (field.type === 'bytes') {
+      if (value === undefined || value === null) out[field.name] = EMPTY;
+      else if (Buffer.isBuffer(value)) out[field.name] = value;
+      else if (value instanceof Uint8Array) out[field.name] = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+      else throw ReplError.protocol(`${field.name}: not bytes`);
+    } else if (field.type === 'bool') {
+      out[field.name] = value === true;
+    } else if (field.type === 'string') {
+      out[field.name] = typeof value === 'string' ? value : '';
+    } else {
+      out[field.name] = typeof value === 'number' ? value : 0;
+    }
+  }
+  return out;
+}
+
+/** Converts our plain object into protobufjs input: enum names back to numbers. */
+function toMessage(type: protobuf.Type, value: Plain): Plain {
+  const out: Plain = {};
+  for (const field of type.fieldsArray) {
+    const v = value[field.name];
+    if (v === undefined) continue;
+    field.resolve();
+    if (field.resolvedType instanceof protobuf.Enum) {
+      const names = ENUMS[field.resolvedType.fullName.replace(/^\./, '') as keyof typeof ENUMS] as readonly string[];
+      const n = names.indexOf(v as string);
+      if (n < 0) throw ReplError.internal(`${field.name}: unknown enum name ${String(v)}`);
+      out[field.name] = n;
+    } else {
+      out[field.name] = v;
+    }
+  }
+  return out;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function encodeEnvelope(envelope: protobuf.Type, type: string, body: Plain): Buffer {
+  const field = envelope.fields[type];
+  if (!field) throw ReplError.internal(`unknown message type ${type}`);
+  field.resolve();
+  const bodyType = field.resolvedType as protobuf.Type;
+  const msg = envelope.fromObject({ [type]: toMessage(bodyType, body) });
+  const bytes = envelope.encode(msg).finish();
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function decodeEnvelope(envelope: protobuf.Type, buf: Buffer): { type: string; body: Plain } {
+  if (buf.length > MAX_MESSAGE_BYTES) throw ReplError.protocol(`message of ${buf.length} bytes exceeds limit`);
+  let msg: protobuf.Message;
+  try {
+    msg = envelope.decode(buf);
+  } catch (err) {
+    throw new ReplError('E_PROTOCOL', `malformed message: ${(err as Error).message}`, { cause: err });
+  }
+  const type = (msg as unknown as Plain).body;
+  if (typeof type !== 'string') throw ReplError.protocol('message has no body');
+  const field = envelope.fields[type];
+  if (!field) throw ReplError.protocol(`unknown body ${type}`);
+  field.resolve();
+  const value = (msg as unknown as Plain)[type];
+  if (value === null || typeof value !== 'object') throw ReplError.protocol(`body ${type} is not a message`);
+  try {
+    return { type, body: fromMessage(field.resolvedType as protobuf.Type, value as Plain) };
+  } catch (err) {
+    if (err instanceof ReplError) throw err;
+    throw new ReplError('E_PROTOCOL', `malformed ${type}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+// ---- validation of decoded bodies ----------------------------------------
+
+function validateWrite(w: Write): void {
+  if (w.kind === 'data') {
+    if (w.data.length !== w.length) throw ReplError.protocol(`write seq ${w.seq}: data length ${w.data.length} != ${w.length}`);
+  } else if (w.data.length !== 0) {
+    throw ReplError.protocol(`write seq ${w.seq}: ${w.kind} record carries data`);
+  }
+}
+
+export function encodeAgentMessage(m: AgentMessage): Buffer {
+  switch (m.type) {
+    case 'hello':
+      return encodeEnvelope(AgentMessageType, 'hello', m.hello as unknown as Plain);
+    case 'write':
+      return encodeEnvelope(AgentMessageType, 'write', m.write as unknown as Plain);
+    case 'seal':
+      return encodeEnvelope(AgentMessageType, 'seal', m.seal as unknown as Plain);
+    case 'resyncBegin':
+      return encodeEnvelope(AgentMessageType, 'resyncBegin', m.resyncBegin as unknown as Plain);
+    case 'resyncEnd':
+      return encodeEnvelope(AgentMessageType, 'resyncEnd', m.resyncEnd as unknown as Plain);
+    case 'status':
+      return encodeEnvelope(AgentMessageType, 'status', m.status as unknown as Plain);
+    case 'goodbye':
+      return encodeEnvelope(AgentMessageType, 'goodbye', m.goodbye as unknown as Plain);
+  }
+}
+
+export function decodeAgentMessage(buf: Buffer): AgentMessage {
+  const { type, body } = decodeEnvelope(AgentMessageType, buf);
+  switch (type) {
+    case 'hello':
+      return { type, hello: body as unknown as Hello };
+    case 'write': {
+      const write = body as unknown as Write;
+      validateWrite(write);
+      return { type, write };
+    }
+    case 'seal':
+      return { type, seal: body as unknown as Seal };
+    case 'resyncBegin':
+      return { type, resyncBegin: body as unknown as ResyncBegin };
+    case 'resyncEnd':
+      return { type, resyncEnd: body as unknown as ResyncEnd };
+    case 'status':
+      return { type, status: body as unknown as AgentStatus };
+    case 'goodbye':
+      return { type, goodbye: body as unknown as Goodbye };
+    default:
+      throw ReplError.protocol(`unexpected agent message ${type}`);
+  }
+}
+
+export function encodeHubMessage(m: HubMessage): Buffer {
+  switch (m.type) {
+    case 'welcome':
+      return encodeEnvelope(HubMessageType, 'welcome', m.welcome as unknown as Plain);
+    case 'refuse':
+      return encodeEnvelope(HubMessageType, 'refuse', m.refuse as unknown as Plain);
+    case 'ack':
+      return encodeEnvelope(HubMessageType, 'ack', m.ack as unknown as Plain);
+    case 'goodbye':
+      return encodeEnvelope(HubMessageType, 'goodbye', m.goodbye as unknown as Plain);
+  }
+}
+
+export function decodeHubMessage(buf: Buffer): HubMessage {
+  const { type, body } = decodeEnvelope(HubMessageType, buf);
+  switch (type) {
+    case 'welcome':
+      return { type, welcome: body as unknown as Welcome };
+    case 'refuse':
+      return { type, refuse: body as unknown as Refuse };
+    case 'ack':
+      return { type, ack: body as unknown as Ack };
+    case 'goodbye':
+      return { type, goodbye: body as unknown as Goodbye };
+    default:
+      throw ReplError.protocol(`unexpected hub message ${type}`);
+  }
+}
