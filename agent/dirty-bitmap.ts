@@ -148,7 +148,8 @@ export class DirtyBitmap {
   /** Portable roaring serialisation of the region set (no header; see bitmap-store.ts). */
   serialize(): Buffer {
     this.bits.runOptimize();
-    return this.bits.serialize('portable');
+    const bytes = this.bits.serialize('portable');
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
 
   /**
