@@ -1,0 +1,247 @@
+/**
+ * The narrow storage interface under the journal, and its first backend (a
+ * local directory). The journal needs only: create-once segment files of a
+ * fixed size, positional writes/reads, a durability barrier, delete, and one
+ * small manifest replaced atomically. That maps onto object storage later
+ * (sealed segments become immutable objects; the manifest a fenced key).
+ *
+ * Local layout of a volume's journal directory:
+ *   manifest.json                 the manifest (JSON, see JournalManifest)
+ *   seg-<ordinal:016x>-<owner>-<nonce:016x>.rjl   segment files
+ * Manifest replacement: write manifest.json.tmp, fsync it, rename over
+ * manifest.json, fsync the directory. A crash leaves either the old or the new
+ * manifest, never a mix. Segment creation writes the header and zero-fills the
+ * whole file (so appends never grow it), fsyncs it and the directory before the
+ * manifest may name it.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { asReplError } from '../common/errors';
+
+export interface ManifestSegment {
+  name: string;
+  ordinal: number;
+  salt: number;
+  /** Byte offset just past the last record; null for the segment being appended to. */
+  endOffset: number | null;
+}
+
+export interface JournalManifest {
+  format: 1;
+  owner: string;
+  segments: ManifestSegment[];
+  nextOrdinal: number;
+  /** Newest durable seq/epoch when this manifest was written (a lower bound; the scan finds the rest). */
+  durableSeq: number;
+  durableEpoch: number;
+  /** Opaque state of the journal's user (the replica store's base-image checkpoint). */
+  meta: Record<string, unknown>;
+}
+
+export interface SegmentFile {
+  readonly name: string;
+  readonly size: number;
+  /** Writes buffers back to back starting at position (within the preallocated size). */
+  write(buffers: readonly Buffer[], position: number): Promise<void>;
+  read(position: number, length: number): Promise<Buffer>;
+  /** Durability barrier for every completed write (fdatasync). */
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface JournalStorage {
+  readonly description: string;
+  loadManifest(): Promise<JournalManifest | null>;
+  storeManifest(manifest: JournalManifest): Promise<void>;
+  /** Creates a new segment of `size` bytes starting with `header`, durable on return. */
+  createSegment(name: string, size: number, header: Buffer): Promise<SegmentFile>;
+  openSegment(name: string): Promise<SegmentFile>;
+  removeSegment(name: string): Promise<void>;
+  listSegments(): Promise<string[]>;
+}
+
+const ZEROES = Buffer.alloc(1024 * 1024);
+const MANIFEST = 'manifest.json';
+
+function call<T>(fn: (cb: (err: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> {
+  return new Promise((resolve, reject) => fn((err, value) => (err ? reject(asReplError(err)) : resolve(value))));
+}
+
+class LocalSegmentFile implements SegmentFile {
+  constructor(
+    readonly name: string,
+    readonly size: number,
+    private readonly fd: number,
+  ) {}
+
+  async write(buffers: readonly Buffer[], position: number): Promise<void> {
+    let pending = buffers.filter((b) => b.length > 0);
+    let pos = position;
+    while (pending.length > 0) {
+      const n = await call<number>((cb) => fs.writev(this.fd, pending, pos, cb));
+      pos += n;
+      // a short writev (rare on regular files) continues with the remainder
+      let skip = n;
+      const rest: Buffer[] = [];
+      for (const b of pending) {
+        if (skip >= b.length) skip -= b.length;
+        else {
+          rest.push(skip > 0 ? b.subarray(skip) : b);
+          skip = 0;
+        }
+      }
+      pending = rest;
+    }
+  }
+
+  async read(position: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    let done = 0;
+    while (done < length) {
+      const n = await call<number>((cb) => fs.read(this.fd, buf, done, length - done, position + done, cb));
+      if (n === 0) {
+        buf.fill(0, done);
+        break;
+      }
+      done += n;
+    }
+    return buf;
+  }
+
+  sync(): Promise<void> {
+    return call<void>((cb) => fs.fdatasync(this.fd, (err) => cb(err, undefined)));
+  }
+
+  close(): Promise<void> {
+    return call<void>((cb) => fs.close(this.fd, (err) => cb(err, undefined)));
+  }
+}
+
+export class LocalJournalStorage implements JournalStorage {
+  constructor(readonly dir: string) {}
+
+  get description(): string {
+    return `local:${this.dir}`;
+  }
+
+  private async syncDir(): Promise<void> {
+    const fd = await call<number>((cb) => fs.open(this.dir, 'r', cb));
+    try {
+      await call<void>((cb) => fs.fsync(fd, (err) => cb(err, undefined)));
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  async loadManifest(): Promise<JournalManifest | null> {
+    let text: string;
+    try {
+      text = await fs.promises.readFile(path.join(this.dir, MANIFEST), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw asReplError(err);
+    }
+    return parseManifest(text);
+  }
+
+  async storeManifest(manifest: JournalManifest): Promise<void> {
+    await fs.promises.mkdir(this.dir, { recursive: true });
+    await writeFileAtomic(path.join(this.dir, MANIFEST), JSON.stringify(manifest, null, 1) + '\n');
+  }
+
+  async createSegment(name: string, size: number, header: Buffer): Promise<SegmentFile> {
+    await fs.promises.mkdir(this.dir, { recursive: true });
+    const fd = await call<number>((cb) => fs.open(path.join(this.dir, name), 'wx+', 0o644, cb));
+    const file = new LocalSegmentFile(name, size, fd);
+    try {
+      await file.write([header], 0);
+      for (let pos = header.length; pos < size; pos += ZEROES.length) {
+        await file.write([ZEROES.subarray(0, Math.min(ZEROES.length, size - pos))], pos);
+      }
+      await file.sync();
+      await this.syncDir();
+    } catch (err) {
+      await file.close().catch(() => undefined);
+      throw asReplError(err);
+    }
+    return file;
+  }
+
+  async openSegment(name: string): Promise<SegmentFile> {
+    const file = path.join(this.dir, name);
+    const fd = await call<number>((cb) => fs.open(file, 'r+', cb));
+    const st = fs.fstatSync(fd);
+    return new LocalSegmentFile(name, st.size, fd);
+  }
+
+  async removeSegment(name: string): Promise<void> {
+    try {
+      await fs.promises.unlink(path.join(this.dir, name));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw asReplError(err);
+    }
+  }
+
+  async listSegments(): Promise<string[]> {
+    try {
+      return (await fs.promises.readdir(this.dir)).filter((n) => n.endsWith('.rjl')).sort();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw asReplError(err);
+    }
+  }
+}
+
+/** tmp + fsync + rename + directory fsync. */
+export async function writeFileAtomic(file: string, text: string): Promise<void> {
+  const tmp = `${file}.tmp`;
+  const handle = await fs.promises.open(tmp, 'w', 0o644);
+  try {
+    await handle.writeFile(text);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await fs.promises.rename(tmp, file);
+  const dir = await fs.promises.open(path.dirname(file), 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}
+
+function isNat(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
+/** Parses and checks a manifest; E_IO when it is not one of ours. */
+export function parseManifest(text: string): JournalManifest {
+  let m: Partial<JournalManifest>;
+  try {
+    m = JSON.parse(text) as Partial<JournalManifest>;
+  } catch (err) {
+    throw asReplError(new Error(`journal manifest is not JSON: ${(err as Error).message}`));
+  }
+  const ok =
+    m !== null &&
+    typeof m === 'object' &&
+    m.format === 1 &&
+    typeof m.owner === 'string' &&
+    Array.isArray(m.segments) &&
+    m.segments.every(
+      (s) =>
+        typeof s?.name === 'string' &&
+        /^[\w.-]+\.rjl$/.test(s.name) &&
+        isNat(s.ordinal) &&
+        isNat(s.salt) &&
+        (s.endOffset === null || isNat(s.endOffset)),
+    ) &&
+    isNat(m.nextOrdinal) &&
+    isNat(m.durableSeq) &&
+    isNat(m.durableEpoch) &&
+    typeof m.meta === 'object' &&
+    m.meta !== null;
+  if (!ok) throw asReplError(Object.assign(new Error('journal manifest is malformed'), { code: 'EIO' }));
+  return m as JournalManifest;
+}
