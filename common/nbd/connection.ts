@@ -45,6 +45,8 @@ export interface ConnectionLimits extends ReaderLimits {
   maxOptions: number;
   maxInFlight: number;
   maxInFlightBytes: number;
+  /** How long shutdown() waits for in-flight requests before closing anyway. */
+  drainTimeoutMs: number;
 }
 
 export interface ConnectionHooks {
@@ -106,7 +108,10 @@ export class NbdConnection {
     return this.state;
   }
 
-  /** Stops reading, lets in-flight requests finish and reply, then closes. */
+  /**
+   * Stops reading, lets in-flight requests finish and reply (waiting at most
+   * drainTimeoutMs for a stuck device), then closes.
+   */
   async shutdown(): Promise<void> {
     if (this.state === 'closed') return;
     if (this.state === 'handshake') {
@@ -115,9 +120,14 @@ export class NbdConnection {
       this.state = 'draining';
       this.reader.setPhase('stopped');
       this.socket.pause();
-      await this.drained();
-      this.socket.end();
-      setTimeout(() => this.socket.destroy(), 2000).unref();
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, this.hooks.limits.drainTimeoutMs);
+      });
+      await Promise.race([this.drained(), timeout]);
+      clearTimeout(timer);
+      if (this.inFlight > 0) this.log.warn({ inFlight: this.inFlight }, 'nbd requests still running at close');
+      this.close('server closing connection');
     }
     await this.closedPromise;
   }

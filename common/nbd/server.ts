@@ -60,6 +60,7 @@ export class NbdServer {
       maxOptions: 1024,
       maxInFlight: 128,
       maxInFlightBytes: 64 * 1024 * 1024,
+      drainTimeoutMs: 10_000,
     };
   }
 

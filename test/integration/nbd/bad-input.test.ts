@@ -154,6 +154,23 @@ describe('NbdServer with misbehaving peers', () => {
     expect(device.stats.flushes).toBe(flushesBefore + 1);
   });
 
+  it('stops parsing (no unbounded buffering) when a client does not read its replies', async () => {
+    const p = await inTransmission(true);
+    p.socket.pause(); // never read: replies pile up in the kernel buffers, then in Node's
+    const n = 256;
+    const reqs = Array.from({ length: n }, (_, i) =>
+      encodeRequest({ flags: 0, type: Cmd.READ, cookie: BigInt(i + 1), offset: 0, length: MiB }),
+    );
+    p.write(Buffer.concat(reqs));
+    await new Promise((r) => setTimeout(r, 500));
+    const served = server.stats().requests;
+    expect(served).toBeGreaterThan(0);
+    expect(served).toBeLessThan(n); // 256 MiB of replies were not produced up front
+    p.socket.resume();
+    await p.sinkUntil(n * (20 + 8 + MiB));
+    expect(server.stats().requests).toBe(n);
+  });
+
   it('tolerates peers that vanish mid-request and mid-handshake', async () => {
     const a = await inTransmission(true);
     a.write(encodeRequest({ flags: 0, type: Cmd.WRITE, cookie: 1n, offset: 0, length: 4096 }));

@@ -20,11 +20,16 @@ export class RawPeer {
   private buf = Buffer.alloc(0);
   private waiters: Array<() => void> = [];
   closed = false;
+  /** Bytes received in total (also counted in sink mode). */
+  received = 0;
+  /** When true, incoming bytes are counted and dropped. */
+  private sinking = false;
   readonly closedPromise: Promise<void>;
 
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (c: Buffer) => {
-      this.buf = Buffer.concat([this.buf, c]);
+      this.received += c.length;
+      if (!this.sinking) this.buf = Buffer.concat([this.buf, c]);
       this.wake();
     });
     socket.on('error', () => undefined);
@@ -90,6 +95,23 @@ export class RawPeer {
       const h = decodeOptionReplyHeader(await this.read(OPTION_REPLY_HEADER_LENGTH));
       out.push({ type: h.type, payload: await this.read(h.length) });
       if (h.type === Rep.ACK || h.type >= 0x80000000) return out;
+    }
+  }
+
+  /** Drops unread and future input; resolves once `total` unread bytes have arrived (without buffering them). */
+  async sinkUntil(total: number, timeoutMs = 20000): Promise<void> {
+    this.sinking = true;
+    const consumed = this.received - this.buf.length;
+    this.buf = Buffer.alloc(0);
+    const deadline = Date.now() + timeoutMs;
+    while (this.received - consumed < total) {
+      const got = this.received - consumed;
+      if (this.closed) throw new Error(`connection closed after ${got}/${total} bytes`);
+      if (Date.now() > deadline) throw new Error(`timeout after ${got}/${total} bytes`);
+      await new Promise<void>((resolve) => {
+        this.waiters.push(resolve);
+        setTimeout(resolve, 50);
+      });
     }
   }
 
