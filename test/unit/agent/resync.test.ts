@@ -1,0 +1,69 @@
+import { DirtyBitmap } from '../../../agent/dirty-bitmap';
+import { Clock, planResync, splitZeroRuns, TokenBucket } from '../../../agent/resync';
+
+const K = 1024;
+
+describe('planResync', () => {
+  const table: { name: string; set: [number, number][]; max: number; from?: number; maxReads?: number; want: [number, number][] }[] = [
+    { name: 'empty', set: [], max: 1024 * K, want: [] },
+    { name: 'one region', set: [[3, 4]], max: 1024 * K, want: [[3, 4]] },
+    { name: 'adjacent regions merge', set: [[2, 5], [5, 7]], max: 1024 * K, want: [[2, 7]] },
+    { name: 'gap splits', set: [[0, 2], [3, 4]], max: 1024 * K, want: [[0, 2], [3, 4]] },
+    { name: 'long run capped at 1 MiB (16 regions)', set: [[0, 40]], max: 1024 * K, want: [[0, 16], [16, 32], [32, 40]] },
+    { name: 'cursor skips earlier regions', set: [[0, 2], [10, 12]], max: 1024 * K, from: 1, want: [[1, 2], [10, 12]] },
+    { name: 'window bounds the plan', set: [[0, 40]], max: 128 * K, maxReads: 2, want: [[0, 2], [2, 4]] },
+    { name: 'max smaller than a region still reads whole regions', set: [[5, 7]], max: 4 * K, want: [[5, 6], [6, 7]] },
+  ];
+  test.each(table)('$name', ({ set, max, from, maxReads, want }) => {
+    const bm = new DirtyBitmap(64 * K, 64 * K * 64);
+    for (const [a, b] of set) bm.setRange(a, b);
+    const plan = planResync(bm, { maxReadBytes: max, fromRegion: from, maxReads });
+    expect(plan.map((r) => [r.start, r.end])).toEqual(want);
+    for (const r of plan) expect(r).toMatchObject({ offset: r.start * 64 * K, length: (r.end - r.start) * 64 * K });
+  });
+
+  test('the short last region is clipped to the device', () => {
+    const bm = new DirtyBitmap(64 * K, 64 * K * 3 + 512);
+    bm.setRange(2, 4);
+    expect(planResync(bm, { maxReadBytes: 1024 * K })).toEqual([{ start: 2, end: 4, offset: 128 * K, length: 64 * K + 512 }]);
+  });
+});
+
+describe('splitZeroRuns', () => {
+  test('groups zero and data regions, zero runs carry no data', () => {
+    const R = 4 * K;
+    const buf = Buffer.alloc(5 * R);
+    buf[R + 7] = 1; // region 1 data
+    buf[2 * R] = 2; // region 2 data
+    buf[5 * R - 1] = 3; // region 4 data
+    const pieces = splitZeroRuns(buf, 10 * R, R);
+    expect(pieces.map((p) => [p.offset / R, p.length / R, p.kind])).toEqual([
+      [10, 1, 'zeroes'],
+      [11, 2, 'data'],
+      [13, 1, 'zeroes'],
+      [14, 1, 'data'],
+    ]);
+    expect(pieces[0]!.data).toBeNull();
+    expect(pieces[1]!.data!.equals(buf.subarray(R, 3 * R))).toBe(true);
+  });
+});
+
+describe('TokenBucket', () => {
+  function manual(): Clock & { t: number } {
+    const c = { t: 0, now: () => c.t, sleep: async (ms: number) => void (c.t += ms) };
+    return c;
+  }
+  test('paces to the rate after the burst', () => {
+    const clock = manual();
+    const b = new TokenBucket(1000 * K, 100 * K, clock); // 1000 KiB/s, 100 KiB burst
+    expect(b.reserve(100 * K)).toBe(0); // burst
+    expect(b.reserve(100 * K)).toBe(0); // bucket now empty (0), goes to -100K
+    expect(b.reserve(100 * K)).toBe(100); // must wait off the 100 KiB deficit
+    clock.t += 300;
+    expect(b.reserve(10 * K)).toBe(0);
+  });
+  test('rate 0 is unlimited', () => {
+    const b = new TokenBucket(0, 0, manual());
+    for (let i = 0; i < 10; i++) expect(b.reserve(1 << 30)).toBe(0);
+  });
+});
