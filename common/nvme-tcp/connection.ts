@@ -102,7 +102,12 @@ export class Connection implements QueueContext, QueueHandle {
     this.local = { address: addr.startsWith('::ffff:') ? addr.slice(7) : addr, port: socket.localPort ?? 0 };
     this.logger = target.logger.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
     const limits = target.limits;
-    this.reader = new PduReader({ role: 'target', maxCapsuleData: limits.maxCapsuleData, maxDataPdu: limits.maxH2CData });
+    this.reader = new PduReader({
+      role: 'target',
+      maxCapsuleData: limits.maxCapsuleData,
+      maxDataPdu: limits.maxH2CData,
+      sink: (header, type, dataLen) => (type === PduType.H2C_DATA ? this.h2cSink(header, dataLen) : null),
+    });
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
@@ -348,6 +353,17 @@ export class Connection implements QueueContext, QueueHandle {
     this.send([encodeR2t({ cccid: cmd.sqe.cid, ttag, r2to: offset, r2tl: length }, this.digests)]);
   }
 
+  /** Where a valid H2CData payload goes: straight into the command buffer. Invalid ones are checked in onH2CData. */
+  private h2cSink(header: Buffer, dataLen: number): Buffer | null {
+    const h = decodeDataPduHeader(header);
+    const cmd = this.r2ts.get(h.ttag);
+    const r = cmd?.r2t;
+    if (!cmd || !r || cmd.sqe.cid !== h.cccid || h.datal !== dataLen) return null;
+    if (h.datao !== r.offset + r.received || h.datao + h.datal > r.offset + r.length) return null;
+    if (!cmd.data) cmd.data = Buffer.allocUnsafe(cmd.sqe.sglLength);
+    return cmd.data.subarray(h.datao, h.datao + h.datal);
+  }
+
   private onH2CData(pdu: Pdu): void {
     const h = decodeDataPduHeader(pdu.header);
     const cmd = this.r2ts.get(h.ttag);
@@ -360,7 +376,9 @@ export class Connection implements QueueContext, QueueHandle {
       return this.fatal(Fes.DATA_OUT_OF_RANGE, 0, pdu.header, 'H2CData outside the R2T');
     }
     if (!pdu.dataDigestOk) cmd.failStatus = Status.TRANSIENT_TRANSPORT_ERROR;
-    if (h.datao === 0 && h.datal === cmd.sqe.sglLength) cmd.data = data;
+    if (pdu.placed) {
+      // already in cmd.data (h2cSink)
+    } else if (h.datao === 0 && h.datal === cmd.sqe.sglLength) cmd.data = data;
     else {
       if (!cmd.data) cmd.data = Buffer.allocUnsafe(cmd.sqe.sglLength);
       data.copy(cmd.data, h.datao);

@@ -83,7 +83,11 @@ export class HostQueue {
     private readonly socket: net.Socket,
     readonly options: HostQueueOptions,
   ) {
-    this.reader = new PduReader({ role: 'host', maxDataPdu: options.maxDataPdu ?? 4 * 1024 * 1024 });
+    this.reader = new PduReader({
+      role: 'host',
+      maxDataPdu: options.maxDataPdu ?? 4 * 1024 * 1024,
+      sink: (header, type, dataLen) => (type === PduType.C2H_DATA ? this.c2hSink(header, dataLen) : null),
+    });
     for (let i = 0; i < options.depth; i++) this.freeCids.push(i);
   }
 
@@ -240,6 +244,14 @@ export class HostQueue {
     } else o.resolve(cqe);
   }
 
+  /** Valid C2HData payloads are assembled directly in the caller's read buffer. */
+  private c2hSink(header: Buffer, dataLen: number): Buffer | null {
+    const h = decodeDataPduHeader(header);
+    const o = this.outstanding.get(h.cccid);
+    if (!o || !o.readInto || h.datal !== dataLen || h.datao !== o.received || h.datao + h.datal > o.readInto.length) return null;
+    return o.readInto.subarray(h.datao, h.datao + h.datal);
+  }
+
   private onC2HData(pdu: Pdu): void {
     const h = decodeDataPduHeader(pdu.header);
     const o = this.find(h.cccid, 'C2HData');
@@ -249,7 +261,7 @@ export class HostQueue {
     }
     // damaged data fails the command once its response arrives (the Linux host's Data Transfer Error)
     if (!pdu.dataDigestOk) o.failure = ReplError.io(`${o.what}: C2H data digest mismatch`);
-    data.copy(o.readInto, h.datao);
+    if (!pdu.placed) data.copy(o.readInto, h.datao);
     o.received += h.datal;
     if (pdu.flags & PduFlag.SUCCESS) this.onResponse({ dw0: 0, dw1: 0, sqhd: 0, sqid: this.qid, cid: h.cccid, status: 0 });
   }

@@ -39,7 +39,15 @@ export interface Pdu {
   data: Buffer | null;
   /** False when DDGST was present and did not match the data. */
   dataDigestOk: boolean;
+  /** True when `data` is the buffer the sink option supplied (already in place). */
+  placed: boolean;
 }
+
+/**
+ * Supplies the destination of a data PDU's payload (exactly dataLen bytes) so
+ * it is assembled in place with a single copy; null lets the reader buffer it.
+ */
+export type DataSink = (header: Buffer, type: number, dataLen: number) => Buffer | null;
 
 /** A fatal framing error; fes/fei go into the TermReq, header is the offending header bytes. */
 export class PduError extends ReplError {
@@ -64,6 +72,7 @@ export interface PduReaderOptions {
   maxDataPdu: number;
   /** (PDA + 1) * 4 of the sender's PDO alignment. */
   pdoAlign?: number;
+  sink?: DataSink;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -84,6 +93,8 @@ export class PduReader {
   private header: Buffer = EMPTY;
   private cur = { type: 0, flags: 0, hlen: 0, pdo: 0, plen: 0, dataLen: 0, headerTotal: 0 };
   private data: Buffer | null = null;
+  /** The data field is being assembled in a sink buffer (no zero-copy view). */
+  private placing = false;
 
   constructor(private readonly options: PduReaderOptions) {
     const target = options.role === 'target';
@@ -154,7 +165,7 @@ export class PduReader {
     let field: Buffer | null = null;
     if (this.need === 0) {
       field = EMPTY;
-    } else if (this.accLen === 0 && chunk.length - pos >= this.need) {
+    } else if (this.accLen === 0 && !this.placing && chunk.length - pos >= this.need) {
       field = chunk.subarray(pos, pos + this.need);
       pos += this.need;
     } else {
@@ -209,8 +220,14 @@ export class PduReader {
     const hd = spec.digested && this.check.hdgst ? DIGEST_LEN : 0;
     const dd = c.flags & PduFlag.DDGST ? DIGEST_LEN : 0;
     const headerTotal = c.hlen + hd;
-    const dataLen = spec.data === 'term' ? c.plen - c.hlen : c.pdo === 0 ? 0 : c.plen - c.pdo - dd;
-    this.cur = { ...c, dataLen, headerTotal };
+    const cur = this.cur;
+    cur.type = c.type;
+    cur.flags = c.flags;
+    cur.hlen = c.hlen;
+    cur.pdo = c.pdo;
+    cur.plen = c.plen;
+    cur.dataLen = spec.data === 'term' ? c.plen - c.hlen : c.pdo === 0 ? 0 : c.plen - c.pdo - dd;
+    cur.headerTotal = headerTotal;
     return headerTotal;
   }
 
@@ -227,7 +244,16 @@ export class PduReader {
     const pad = c.pdo === 0 ? 0 : c.pdo - c.headerTotal;
     this.need = c.dataLen === 0 ? 0 : pad + c.dataLen;
     this.state_ = 'data';
-    if (this.need === 0) this.emit(null, true, out);
+    if (this.need === 0) {
+      this.emit(null, true, out);
+      return;
+    }
+    const dest = pad === 0 && this.options.sink ? this.options.sink(this.header, c.type, c.dataLen) : null;
+    if (dest && dest.length === c.dataLen) {
+      this.acc = dest;
+      this.accLen = 0;
+      this.placing = true;
+    }
   }
 
   private onData(field: Buffer, out: Pdu[]): void {
@@ -248,7 +274,8 @@ export class PduReader {
 
   private emit(data: Buffer | null, ok: boolean, out: Pdu[]): void {
     const c = this.cur;
-    out.push({ type: c.type, flags: c.flags, hlen: c.hlen, pdo: c.pdo, plen: c.plen, header: this.header, data, dataDigestOk: ok });
+    out.push({ type: c.type, flags: c.flags, hlen: c.hlen, pdo: c.pdo, plen: c.plen, header: this.header, data, dataDigestOk: ok, placed: this.placing });
+    this.placing = false;
     this.state_ = 'header';
     this.need = CH_LEN;
     this.data = null;

@@ -41,7 +41,7 @@ export interface NvmeTcpTargetOptions {
   logger?: Logger;
   /** TRADDR in the discovery log; default: the local address of the host's connection. */
   advertiseAddress?: string;
-  /** MAXH2CDATA advertised in ICResp (default 128 KiB; >= 4096, multiple of 4). */
+  /** MAXH2CDATA advertised in ICResp (default 1 MiB = the largest command, so one R2T per command). */
   maxH2CData?: number;
   /** I/O queues per controller (default 8). */
   maxIoQueues?: number;
@@ -56,7 +56,7 @@ export interface NvmeTcpTargetOptions {
 }
 
 const DEFAULTS = {
-  maxH2CData: 128 * 1024,
+  maxH2CData: 1024 * 1024,
   maxIoQueues: 8,
   maxConnections: 256,
   icReqTimeoutMs: 10_000,
