@@ -35,7 +35,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 mkdir -p "$CACHE/debs"
 CACHE=$(cd "$CACHE" && pwd -P)
-if git -C "$CACHE" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+if [ "$(git -C "$CACHE" rev-parse --is-inside-work-tree 2>/dev/null)" = true ]; then
   die "cache $CACHE is inside a git work tree; set REP_VM_CACHE elsewhere"
 fi
 for t in apt-get apt-cache dpkg-deb flock gzip sha256sum; do

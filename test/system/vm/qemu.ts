@@ -83,7 +83,7 @@ function envFile(env: Record<string, string>): Buffer {
 /** Guest watchdog: leaves time for boot (~5-10 s wall under TCG) and power-off. */
 export function guestTimeoutSeconds(timeoutMs: number): number {
   const s = Math.floor(timeoutMs / 1000);
-  return s > 60 ? s - 25 : Math.max(5, Math.floor(s / 2));
+  return Math.max(5, s - (s > 60 ? 25 : 20));
 }
 
 function overlay(opts: RunGuestOptions): Buffer {
@@ -163,43 +163,66 @@ export async function runGuestWithImage(image: VmImage, opts: RunGuestOptions): 
   }
 }
 
-function boot(args: string[], server: net.Server, opts: RunGuestOptions): Promise<GuestRun> {
-  installExitHook();
-  const started = Date.now();
-  const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const pid = child.pid;
-  if (pid !== undefined) live.set(pid, child);
-  const verbose = Boolean(process.env.REP_VM_VERBOSE);
-  let consoleText = '';
-  const report: string[] = [];
-  const results: Record<string, string> = {};
-  let verdict: string | null = null;
-  const consoleLines = lineSplitter((line) => {
-    if (consoleText.length < MAX_CONSOLE) consoleText += line + '\n';
-    if (verbose) process.stderr.write(`[vm] ${line}\n`);
-    opts.onConsole?.(line);
+/** Console and report-channel parsing; callback errors are kept and rethrown by runGuest. */
+class Collector {
+  console = '';
+  readonly report: string[] = [];
+  readonly results: Record<string, string> = {};
+  verdict: string | null = null;
+  callbackError: unknown = null;
+  private readonly verbose = Boolean(process.env.REP_VM_VERBOSE);
+
+  readonly consoleLines = lineSplitter((line) => {
+    if (this.console.length < MAX_CONSOLE) this.console += line + '\n';
+    if (this.verbose) process.stderr.write(`[vm] ${line}\n`);
+    this.call(this.opts.onConsole, line);
   });
-  const reportLines = lineSplitter((line) => {
-    report.push(line);
+
+  readonly reportLines = lineSplitter((line) => {
+    this.report.push(line);
     const r = /^REP-RESULT ([A-Za-z0-9_.-]+)=(.*)$/.exec(line);
-    if (r?.[1] !== undefined) results[r[1]] = r[2] ?? '';
+    if (r?.[1] !== undefined) this.results[r[1]] = r[2] ?? '';
     const v = /^REP-VERDICT: (.*)$/.exec(line);
-    if (v?.[1] !== undefined && verdict === null) verdict = v[1];
-    opts.onReport?.(line);
+    if (v?.[1] !== undefined && this.verdict === null) this.verdict = v[1];
+    this.call(this.opts.onReport, line);
   });
-  child.stdout?.setEncoding('utf8').on('data', (s: string) => consoleLines.push(s));
-  child.stderr?.setEncoding('utf8').on('data', (s: string) => consoleLines.push(`[qemu stderr] ${s}`));
-  let reportSocket: net.Socket | null = null;
-  const reportDone = new Promise<void>((resolve) => {
-    server.once('connection', (sock) => {
-      reportSocket = sock;
-      sock.setEncoding('utf8');
-      sock.on('data', (s: string) => reportLines.push(s));
+
+  constructor(private readonly opts: RunGuestOptions) {}
+
+  private call(fn: ((line: string) => void) | undefined, line: string): void {
+    if (!fn || this.callbackError !== null) return;
+    try {
+      fn(line);
+    } catch (err) {
+      this.callbackError = err;
+    }
+  }
+}
+
+/** Resolves once QEMU's end of the report socket has closed (or QEMU never connected). */
+function acceptReport(server: net.Server, collector: Collector): () => Promise<void> {
+  let done: Promise<void> | null = null;
+  server.once('connection', (sock) => {
+    sock.setEncoding('utf8');
+    sock.on('data', (s: string) => collector.reportLines.push(s));
+    done = new Promise((resolve) => {
       sock.on('error', () => resolve());
       sock.on('close', () => resolve());
     });
-    server.once('close', () => resolve());
   });
+  return () => done ?? Promise.resolve();
+}
+
+function boot(args: string[], server: net.Server, opts: RunGuestOptions): Promise<GuestRun> {
+  installExitHook();
+  const started = Date.now();
+  const collector = new Collector(opts);
+  const reportDrained = acceptReport(server, collector);
+  const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const pid = child.pid;
+  if (pid !== undefined) live.set(pid, child);
+  child.stdout?.setEncoding('utf8').on('data', (s: string) => collector.consoleLines.push(s));
+  child.stderr?.setEncoding('utf8').on('data', (s: string) => collector.consoleLines.push(`[qemu stderr] ${s}`));
 
   let timedOut = false;
   let killTimer: NodeJS.Timeout | null = null;
@@ -209,32 +232,36 @@ function boot(args: string[], server: net.Server, opts: RunGuestOptions): Promis
     killTimer = setTimeout(() => child.kill('SIGKILL'), 3000);
   }, opts.timeoutMs);
 
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     let spawnError: Error | null = null;
-    child.on('error', (err) => (spawnError = err));
-    child.on('close', async (code, signal) => {
+    let settled = false;
+    const finish = async (exit: string): Promise<void> => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       if (killTimer) clearTimeout(killTimer);
-      // QEMU is gone, so its end of the report socket is closed: drain ours
-      if (reportSocket) await reportDone;
       if (pid !== undefined) live.delete(pid);
-      consoleLines.end();
-      reportLines.end();
-      let why = verdict;
-      if (why === null) {
-        if (timedOut) why = `NO VERDICT: timed out after ${opts.timeoutMs} ms`;
-        else if (spawnError) why = `NO VERDICT: ${(spawnError as Error).message}`;
-        else why = `NO VERDICT: qemu exited (code ${code}, signal ${signal})`;
-      }
+      await reportDrained(); // QEMU is gone, so its end of the socket is closed
+      collector.consoleLines.end();
+      collector.reportLines.end();
+      if (collector.callbackError !== null) return reject(collector.callbackError);
+      const verdict = collector.verdict;
       resolve({
         ok: verdict !== null && /^PASS\b/.test(verdict),
-        verdict: why,
-        console: consoleText,
-        results,
-        report,
+        verdict: verdict ?? (timedOut ? `NO VERDICT: timed out after ${opts.timeoutMs} ms` : `NO VERDICT: ${exit}`),
+        console: collector.console,
+        results: collector.results,
+        report: collector.report,
         timedOut,
         elapsedMs: Date.now() - started,
       });
+    };
+    child.on('error', (err) => {
+      spawnError = err;
+      if (pid === undefined) void finish(`cannot start qemu-system-x86_64: ${err.message}`);
+    });
+    child.on('close', (code, signal) => {
+      void finish(spawnError ? spawnError.message : `qemu exited (code ${code}, signal ${signal})`);
     });
   });
 }
