@@ -1,0 +1,444 @@
+/**
+ * HubLink: one reconnecting WebSocket session to the hub for one volume.
+ * It owns the socket, the handshake, liveness and the send queue; what to
+ * send and what an Ack means belong to replicator.ts.
+ *
+ *   idle ─▶ connecting ─▶ handshaking ─▶ streaming
+ *              │  ▲            │             │
+ *              ▼  │            ▼             ▼
+ *             backoff ◀────────┴─────────────┘       any ─▶ closed (close())
+ *
+ * - One loop (single flight): start()/ensureConnected() never open a second
+ *   socket. The delay comes from the pure backoff(attempt); the attempt counter
+ *   resets only after a Welcome. A Refuse is logged, kept for status(), and
+ *   followed by the long refuseBackoffMs.
+ * - Heartbeat: a WebSocket ping every heartbeatIntervalMs; maxMissedPongs
+ *   missed pongs -> ws.terminate() (not close(): a dead peer never answers).
+ * - Send queue: messages are encoded on send(); they go to the socket while
+ *   ws.bufferedAmount < highWaterMark and wait in our queue otherwise.
+ *   queuedBytes = our queue + ws.bufferedAmount; the replicator bounds it.
+ *   Nothing survives a session: the queue is discarded on disconnect.
+ */
+import { EventEmitter } from 'node:events';
+import WebSocket from 'ws';
+import { ReplError } from '../common/errors';
+import { Logger } from '../common/log';
+import {
+  Ack,
+  AgentMessage,
+  decodeHubMessage,
+  encodeAgentMessage,
+  Hello,
+  MAX_MESSAGE_BYTES,
+  Refuse,
+  Welcome,
+} from '../proto/codec';
+
+export type LinkState = 'idle' | 'connecting' | 'handshaking' | 'streaming' | 'backoff' | 'closed';
+
+export const TRANSITIONS: Record<LinkState, readonly LinkState[]> = {
+  idle: ['connecting', 'closed'],
+  connecting: ['handshaking', 'backoff', 'closed'],
+  handshaking: ['streaming', 'backoff', 'closed'],
+  streaming: ['backoff', 'closed'],
+  backoff: ['connecting', 'closed'],
+  closed: [],
+};
+
+export interface BackoffPolicy {
+  baseMs: number;
+  maxMs: number;
+  factor: number;
+  /** Fraction of the delay randomised either way (0.2 = ±20%). */
+  jitter: number;
+}
+
+export const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 500, maxMs: 30_000, factor: 2, jitter: 0.2 };
+
+/** Pure: delay before reconnect attempt `attempt` (0-based), within [baseMs, maxMs]. */
+export function backoff(attempt: number, random: () => number = Math.random, policy: BackoffPolicy = DEFAULT_BACKOFF): number {
+  const raw = policy.baseMs * Math.pow(policy.factor, Math.min(Math.max(attempt, 0), 60));
+  const capped = Math.min(policy.maxMs, raw);
+  const jittered = capped * (1 - policy.jitter + 2 * policy.jitter * random());
+  return Math.round(Math.min(policy.maxMs, Math.max(policy.baseMs, jittered)));
+}
+
+/** WebSocket close code for a ReplError that makes us drop a session (the one translation). */
+export function toCloseCode(err: ReplError): number {
+  switch (err.code) {
+    case 'E_PROTOCOL':
+    case 'E_INVALID':
+      return 4000;
+    case 'E_AUTH':
+      return 4001;
+    case 'E_VERSION':
+      return 4002;
+    case 'E_BUSY':
+      return 4003;
+    case 'E_FENCED':
+      return 4004;
+    case 'E_CLOSED':
+      return 1000;
+    default:
+      return 1011;
+  }
+}
+
+export interface HeartbeatTarget {
+  sendPing(): void;
+  onStale(): void;
+}
+
+export interface IntervalTimers {
+  setInterval(fn: () => void, ms: number): unknown;
+  clearInterval(handle: unknown): void;
+}
+
+const realTimers: IntervalTimers = {
+  setInterval: (fn, ms) => setInterval(fn, ms),
+  clearInterval: (h) => clearInterval(h as NodeJS.Timeout),
+};
+
+/** Pings every intervalMs; after maxMissed unanswered pings calls onStale once. */
+export class Heartbeat {
+  private missed = 0;
+  private handle: unknown = null;
+
+  constructor(
+    private readonly target: HeartbeatTarget,
+    private readonly intervalMs: number,
+    private readonly maxMissed: number,
+    private readonly timers: IntervalTimers = realTimers,
+  ) {}
+
+  start(): void {
+    if (this.handle !== null) return;
+    this.missed = 0;
+    this.handle = this.timers.setInterval(() => this.tick(), this.intervalMs);
+  }
+
+  stop(): void {
+    if (this.handle !== null) this.timers.clearInterval(this.handle);
+    this.handle = null;
+  }
+
+  /** Any sign of life (pong or message) from the peer. */
+  alive(): void {
+    this.missed = 0;
+  }
+
+  tick(): void {
+    if (this.missed >= this.maxMissed) {
+      this.stop();
+      this.target.onStale();
+      return;
+    }
+    this.missed++;
+    this.target.sendPing();
+  }
+}
+
+export interface HubLinkOptions {
+  url: string;
+  /** Builds the Hello for each attempt (counters change between sessions). */
+  hello(): Hello;
+  /** PEM CA bundle for wss:// with a private CA. */
+  ca?: Buffer;
+  logger: Logger;
+  handshakeTimeoutMs?: number;
+  heartbeatIntervalMs?: number;
+  maxMissedPongs?: number;
+  /** ws.bufferedAmount above which messages wait in our queue. */
+  highWaterMark?: number;
+  backoffPolicy?: BackoffPolicy;
+  refuseBackoffMs?: number;
+  random?: () => number;
+}
+
+export interface HubLinkEvents {
+  state: [to: LinkState, from: LinkState, reason: string];
+  welcome: [welcome: Welcome];
+  refuse: [refuse: Refuse];
+  ack: [ack: Ack];
+  /** A session that had been welcomed ended. */
+  down: [reason: string];
+  /** Queued bytes went down (a send completed). */
+  drain: [];
+}
+
+export interface LinkStatus {
+  state: LinkState;
+  /** Sessions welcomed after the first one. */
+  reconnects: number;
+  attempts: number;
+  lastRefuse: (Refuse & { atMs: number }) | null;
+  lastError: string | null;
+}
+
+export class HubLink extends EventEmitter<HubLinkEvents> {
+  private st: LinkState = 'idle';
+  private ws: WebSocket | null = null;
+  /** Encoded messages waiting for ws.bufferedAmount to fall below the mark. */
+  private queue: Buffer[] = [];
+  private queueBytes = 0;
+  private loop: Promise<void> | null = null;
+  private readonly abort = new AbortController();
+  private attempt = 0;
+  private welcomes = 0;
+  private attempts = 0;
+  private lastRefuse: (Refuse & { atMs: number }) | null = null;
+  private lastError: string | null = null;
+  private streamingWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private readonly hwm: number;
+
+  constructor(private readonly options: HubLinkOptions) {
+    super();
+    this.hwm = options.highWaterMark ?? 4 * 1024 * 1024;
+    let url: URL;
+    try {
+      url = new URL(options.url);
+    } catch {
+      throw ReplError.invalid(`hub url '${options.url}' is not a URL`);
+    }
+    if (url.protocol !== 'ws:' && url.protocol !== 'wss:') throw ReplError.invalid(`hub url '${options.url}' must be ws:// or wss://`);
+  }
+
+  get state(): LinkState {
+    return this.st;
+  }
+
+  get streaming(): boolean {
+    return this.st === 'streaming';
+  }
+
+  /** Bytes queued by us plus bytes the socket has not written yet. */
+  get queuedBytes(): number {
+    return this.queueBytes + (this.ws?.bufferedAmount ?? 0);
+  }
+
+  status(): LinkStatus {
+    return {
+      state: this.st,
+      reconnects: Math.max(0, this.welcomes - 1),
+      attempts: this.attempts,
+      lastRefuse: this.lastRefuse,
+      lastError: this.lastError,
+    };
+  }
+
+  private transition(to: LinkState, reason: string): void {
+    const from = this.st;
+    if (!TRANSITIONS[from].includes(to)) throw ReplError.internal(`hub link: illegal transition ${from} -> ${to} (${reason})`);
+    this.st = to;
+    this.options.logger.debug({ from, to, reason }, 'hub link state');
+    this.emit('state', to, from, reason);
+  }
+
+  /** Starts the connect loop once. */
+  start(): void {
+    if (!this.loop && this.st !== 'closed') this.loop = this.run();
+  }
+
+  /** Resolves when a session is streaming (starting the loop if needed); the single in-flight loop is shared. */
+  ensureConnected(): Promise<void> {
+    if (this.st === 'streaming') return Promise.resolve();
+    if (this.st === 'closed') return Promise.reject(ReplError.closed('hub link'));
+    this.start();
+    return new Promise((resolve, reject) => this.streamingWaiters.push({ resolve, reject }));
+  }
+
+  private async run(): Promise<void> {
+    while (!this.abort.signal.aborted) {
+      this.transition('connecting', this.attempts === 0 ? 'start' : 'retry');
+      this.attempts++;
+      const outcome = await this.session();
+      if (this.abort.signal.aborted) break;
+      let delay: number;
+      if (outcome === 'refused') delay = this.options.refuseBackoffMs ?? 30_000;
+      else delay = backoff(this.attempt++, this.options.random, this.options.backoffPolicy);
+      this.transition('backoff', `${outcome}; retry in ${delay} ms`);
+      try {
+        await sleep(delay, this.abort.signal);
+      } catch {
+        break;
+      }
+    }
+  }
+
+  /** One connection attempt; resolves when it is over. */
+  private session(): Promise<'welcomed' | 'refused' | 'failed'> {
+    return new Promise((resolve) => {
+      const o = this.options;
+      let outcome: 'welcomed' | 'refused' | 'failed' = 'failed';
+      let ws: WebSocket;
+      try {
+        ws = new WebSocket(o.url, {
+        ca: o.ca,
+        handshakeTimeout: o.handshakeTimeoutMs ?? 10_000,
+        maxPayload: MAX_MESSAGE_BYTES,
+          perMessageDeflate: false,
+        });
+      } catch (err) {
+        this.lastError = (err as Error).message;
+        return resolve('failed');
+      }
+      this.ws = ws;
+      const heartbeat = new Heartbeat(
+        {
+          sendPing: () => ws.ping(),
+          onStale: () => {
+            this.lastError = 'hub stopped answering pings';
+            o.logger.warn({ url: o.url }, 'hub link: no pong, terminating');
+            ws.terminate();
+          },
+        },
+        o.heartbeatIntervalMs ?? 5000,
+        o.maxMissedPongs ?? 3,
+      );
+      const handshakeTimer = setTimeout(() => {
+        this.lastError = 'handshake timed out';
+        ws.terminate();
+      }, o.handshakeTimeoutMs ?? 10_000);
+      ws.on('upgrade', (res) => res.socket.setNoDelay(true));
+      ws.on('open', () => {
+        this.transition('handshaking', 'socket open');
+        heartbeat.start();
+        ws.send(encodeAgentMessage({ type: 'hello', hello: o.hello() }));
+      });
+      ws.on('pong', () => heartbeat.alive());
+      ws.on('message', (data, isBinary) => {
+        heartbeat.alive();
+        const r = this.onMessage(ws, data as Buffer, isBinary);
+        if (r === 'welcomed') {
+          clearTimeout(handshakeTimer);
+          outcome = 'welcomed';
+        } else if (r === 'refused') outcome = 'refused';
+      });
+      ws.on('error', (err) => {
+        this.lastError = err.message;
+        o.logger.debug({ err: err.message }, 'hub link socket error');
+      });
+      ws.on('close', (code, reason) => {
+        clearTimeout(handshakeTimer);
+        heartbeat.stop();
+        this.ws = null;
+        this.queue = [];
+        this.queueBytes = 0;
+        const why = `closed ${code}${reason.length ? ` ${reason.toString()}` : ''}`;
+        if (this.st === 'streaming' || outcome === 'welcomed') this.emit('down', this.lastError ?? why);
+        if (outcome !== 'refused' && !this.lastError) this.lastError = why;
+        resolve(outcome);
+      });
+    });
+  }
+
+  private onMessage(ws: WebSocket, data: Buffer, isBinary: boolean): 'welcomed' | 'refused' | null {
+    let msg;
+    try {
+      if (!isBinary) throw ReplError.protocol('text frame from hub');
+      msg = decodeHubMessage(data);
+    } catch (err) {
+      this.dropSession(ws, err instanceof ReplError ? err : ReplError.protocol(String(err)));
+      return null;
+    }
+    switch (msg.type) {
+      case 'welcome':
+        if (this.st !== 'handshaking') return this.protocolError(ws, 'welcome outside handshake');
+        this.attempt = 0;
+        this.welcomes++;
+        this.lastError = null;
+        this.lastRefuse = null;
+        this.transition('streaming', `welcome from ${msg.welcome.hubId}`);
+        this.emit('welcome', msg.welcome);
+        for (const w of this.streamingWaiters.splice(0)) w.resolve();
+        return 'welcomed';
+      case 'refuse':
+        this.lastRefuse = { ...msg.refuse, atMs: Date.now() };
+        this.lastError = `refused (${msg.refuse.code}): ${msg.refuse.message}`;
+        this.options.logger.error({ code: msg.refuse.code, message: msg.refuse.message, url: this.options.url }, 'hub refused the session');
+        this.emit('refuse', msg.refuse);
+        ws.close(1000);
+        return 'refused';
+      case 'ack':
+        if (this.st !== 'streaming') return this.protocolError(ws, 'ack before welcome');
+        this.emit('ack', msg.ack);
+        return null;
+      case 'goodbye':
+        this.lastError = `hub said goodbye: ${msg.goodbye.reason}`;
+        ws.close(1000);
+        return null;
+    }
+  }
+
+  private protocolError(ws: WebSocket, message: string): null {
+    this.dropSession(ws, ReplError.protocol(message));
+    return null;
+  }
+
+  private dropSession(ws: WebSocket, err: ReplError): void {
+    this.lastError = err.message;
+    this.options.logger.warn({ err: err.message }, 'hub link: dropping session');
+    ws.close(toCloseCode(err), err.message.slice(0, 120));
+    setTimeout(() => ws.terminate(), 1000).unref();
+  }
+
+  /** Queues a message on the streaming session; false when there is none. */
+  send(msg: AgentMessage): boolean {
+    if (this.st !== 'streaming' || !this.ws) return false;
+    const buf = encodeAgentMessage(msg);
+    this.queue.push(buf);
+    this.queueBytes += buf.length;
+    this.pump();
+    return true;
+  }
+
+  private pump(): void {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    while (this.queue.length > 0 && ws.bufferedAmount < this.hwm) {
+      const buf = this.queue.shift()!;
+      this.queueBytes -= buf.length;
+      ws.send(buf, { binary: true }, () => {
+        this.pump();
+        this.emit('drain');
+      });
+    }
+  }
+
+  /** Ends the current session (if any) so the loop reconnects after a backoff. */
+  disconnect(reason: string): void {
+    this.lastError = reason;
+    this.ws?.terminate();
+  }
+
+  async close(): Promise<void> {
+    if (this.st === 'closed') return;
+    this.abort.abort();
+    const ws = this.ws;
+    if (ws) {
+      const closed = new Promise<void>((r) => ws.once('close', () => r()));
+      ws.close(1000, 'agent stopping');
+      const t = setTimeout(() => ws.terminate(), 2000);
+      await closed;
+      clearTimeout(t);
+    }
+    await this.loop;
+    this.transition('closed', 'close()');
+    for (const w of this.streamingWaiters.splice(0)) w.reject(ReplError.closed('hub link'));
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(ReplError.closed('hub link'));
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(ReplError.closed('hub link'));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}

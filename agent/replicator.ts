@@ -1,0 +1,529 @@
+/**
+ * Replicator: the replication stream of one volume. Owns sequence numbers,
+ * epochs and seals, the session lifecycle on top of HubLink (Welcome ->
+ * ResyncBegin -> resync interleaved with live writes -> ResyncEnd + Seal),
+ * ahead mode, Ack processing and AgentStatus. The ReplicationFilter calls
+ * recordWrite()/seal()/waitDurable(); RegionState decides bits.
+ *
+ * Stream rules we keep (replication-spec.md):
+ * - A live write gets its seq/epoch in recordWrite(), synchronously right
+ *   after it completed locally, so stream order = local completion order; the
+ *   reference log entry is written in the same step, before the send.
+ * - Seal(E) on flush, FUA, and epochIntervalMs (<= 1 s) after the first record
+ *   of an epoch; in sync mode on the next turn of the event loop.
+ * - Outside a resync group every seal is a recovery point, so live payloads
+ *   are either all sent or the stream stops being a prefix: on overflow we
+ *   seal what was sent (a prefix of completion order), then open a resync
+ *   group at once and drop payloads (bits -> resend) until the queue falls
+ *   under half the bound ("ahead"). Inside a group dropping is harmless: the
+ *   group ends only when resend is empty and nothing is being dropped.
+ * - On disconnect nothing is replayed: awaiting regions go to resend, sync
+ *   waiters resolve ('degrade') or fail ('fail-writes'); the next Welcome
+ *   starts a new ResyncBegin that extends the hub's open group.
+ */
+import { EventEmitter } from 'node:events';
+import { BlockDevice } from '../common/block/device';
+import { crc32c } from '../common/nvme-tcp/crc32c';
+import { ReplError } from '../common/errors';
+import { Logger } from '../common/log';
+import { PROTOCOL_VERSION, SealReason, Welcome, WriteKind, WriteOrigin } from '../proto/codec';
+import { BackoffPolicy, HubLink, LinkState } from './hub-link';
+import { IdentityStore, VolumeIdentity } from './identity';
+import { ReferenceLogWriter } from './reference-log';
+import { RegionState } from './region-state';
+import { ResyncPiece, runResync, TokenBucket } from './resync';
+
+export type AckMode = 'async' | 'sync';
+export type LinkFailurePolicy = 'degrade' | 'fail-writes';
+
+export interface ReplicatorOptions {
+  agentId: string;
+  identity: VolumeIdentity;
+  identityStore: IdentityStore;
+  /** The device below the filter (resync reads). */
+  device: BlockDevice;
+  regions: RegionState;
+  /** Persists the in-memory bitmap (activity-log.ts); used before a FULL sync. */
+  persistBitmap(): Promise<void>;
+  url: string;
+  token?: string;
+  ca?: Buffer;
+  ackMode: AckMode;
+  onLinkFailure: LinkFailurePolicy;
+  queueBytes: number;
+  resyncRate: number;
+  epochIntervalMs?: number;
+  forceFullSync?: boolean;
+  referenceLog?: ReferenceLogWriter;
+  logger: Logger;
+  /** Tuning, mostly for tests. */
+  statusIntervalMs?: number;
+  maxRecordBytes?: number;
+  heartbeatIntervalMs?: number;
+  backoffPolicy?: BackoffPolicy;
+  refuseBackoffMs?: number;
+  highWaterMark?: number;
+}
+
+export interface ResyncProgress {
+  active: boolean;
+  full: boolean;
+  resyncId: number;
+  doneBytes: number;
+  totalBytes: number;
+}
+
+export interface ReplicationStatus {
+  volume: string;
+  state: LinkState;
+  generation: number;
+  dirtyBytes: number;
+  queueBytes: number;
+  lastAckedEpoch: number;
+  lastAckedSeq: number;
+  reconnects: number;
+  ahead: boolean;
+  resync: ResyncProgress | null;
+  refused: { code: string; message: string; atMs: number } | null;
+  lastError: string | null;
+}
+
+export type ReplicationEvent =
+  | { type: 'state'; volume: string; from: LinkState; to: LinkState; reason: string }
+  | { type: 'connected'; volume: string; generation: number; syncMode: 'resume' | 'full' }
+  | { type: 'disconnect'; volume: string; reason: string }
+  | { type: 'refused'; volume: string; code: string; message: string }
+  | { type: 'ahead'; volume: string; ahead: boolean; reason: string }
+  | { type: 'resync-start'; volume: string; resyncId: number; full: boolean; totalBytes: number }
+  | { type: 'resync-progress'; volume: string; resyncId: number; doneBytes: number; totalBytes: number }
+  | { type: 'resync-end'; volume: string; resyncId: number; epoch: number }
+  | { type: 'ack'; volume: string; epoch: number; seq: number; dirtyBytes: number };
+
+/** Sequence/epoch numbers reserved in identity.json above what a session uses. */
+const RESERVE = 1 << 24;
+const DEFAULT_MAX_RECORD_BYTES = 1024 * 1024;
+
+interface Session {
+  id: number;
+  abort: AbortController;
+  /** A resync group is open (ResyncBegin sent, ResyncEnd not yet). */
+  groupOpen: boolean;
+  /** ResyncBegin was sent: live writes may flow. */
+  started: boolean;
+}
+
+export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
+  readonly link: HubLink;
+  private seq: number;
+  private epoch: number;
+  /** Records in the open epoch. */
+  private epochRecords = 0;
+  private lastAckedEpoch: number;
+  private lastAckedSeq = 0;
+  /** Newest live seq and its time (AgentStatus.ackedSeq). */
+  private lastLiveSeq = 0;
+  private lastLiveTimeMs = 0;
+  private session: Session | null = null;
+  private sessions = 0;
+  private resyncs = 0;
+  /** Payloads are being dropped (queue over bound, or no session). */
+  private dropping = true;
+  private sealTimer: NodeJS.Timeout | null = null;
+  private sealSoon: NodeJS.Immediate | null = null;
+  private statusTimer: NodeJS.Timeout | null = null;
+  private syncWaiters: { epoch: number; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private progress: ResyncProgress | null = null;
+  private readonly maxRecord: number;
+  private closed = false;
+
+  constructor(private readonly o: ReplicatorOptions) {
+    super();
+    const id = o.identity;
+    this.seq = id.nextSeq;
+    this.epoch = id.nextEpoch;
+    this.lastAckedEpoch = id.durableEpoch;
+    this.maxRecord = o.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
+    this.link = new HubLink({
+      url: o.url,
+      ca: o.ca,
+      logger: o.logger,
+      hello: () => ({
+        protocolVersion: PROTOCOL_VERSION,
+        agentId: o.agentId,
+        volumeName: id.name,
+        volumeUuid: id.uuid,
+        volumeSize: o.device.info.size,
+        blockSize: o.device.info.blockSize,
+        regionSize: o.regions.bitmap.regionSize,
+        generation: id.generation,
+        durableEpoch: this.lastAckedEpoch,
+        token: o.token ?? '',
+        forceFullSync: o.forceFullSync ?? false,
+        nextSeq: this.seq,
+        nextEpoch: this.epoch,
+      }),
+      heartbeatIntervalMs: o.heartbeatIntervalMs,
+      backoffPolicy: o.backoffPolicy,
+      refuseBackoffMs: o.refuseBackoffMs,
+      highWaterMark: o.highWaterMark,
+    });
+    const volume = id.name;
+    this.link.on('state', (to, from, reason) => this.emitEvent({ type: 'state', volume, from, to, reason }));
+    this.link.on('welcome', (w) => void this.onWelcome(w));
+    this.link.on('ack', (a) => this.onAck(a.durableEpoch, a.durableSeq));
+    this.link.on('down', (reason) => this.onDown(reason));
+    this.link.on('drain', () => this.onDrain());
+    this.link.on('refuse', (r) => this.emitEvent({ type: 'refused', volume, code: r.code, message: r.message }));
+  }
+
+  private emitEvent(e: ReplicationEvent): void {
+    this.emit('event', e);
+  }
+
+  start(): void {
+    this.link.start();
+  }
+
+  // ---- filter-facing API -------------------------------------------------
+
+  /** False when a write could not be replicated now (for onLinkFailure 'fail-writes'). */
+  canReplicate(): boolean {
+    return this.session?.started === true && !this.dropping;
+  }
+
+  /**
+   * A write completed locally: give its records stream positions (or drop the
+   * payload). Returns the epoch holding them, or null when dropped. Synchronous.
+   */
+  recordWrite(offset: number, length: number, kind: WriteKind, data: Buffer | null): number | null {
+    const s = this.session;
+    const bytes = kind === 'data' ? length : 0;
+    if (s?.started && !this.dropping && this.link.queuedBytes + bytes > this.o.queueBytes) this.enterAhead('send queue full');
+    if (!s?.started || this.dropping) {
+      this.o.referenceLog?.write(0, -1, offset, length, kind, data);
+      return null;
+    }
+    const now = Date.now();
+    const region = this.o.regions.bitmap.regionSize;
+    const stop = offset + length;
+    for (let pos = offset; pos < stop; ) {
+      // pieces hold at most maxRecord bytes and end on a region boundary (or at the end)
+      let end = Math.min(stop, pos + this.maxRecord);
+      if (end < stop) end = Math.max((Math.floor(pos / region) + 1) * region, end - (end % region));
+      const piece = kind === 'data' && data ? data.subarray(pos - offset, end - offset) : null;
+      const seq = this.sendWrite(pos, end - pos, kind, 'live', piece, now);
+      this.o.referenceLog?.write(seq, this.epoch, pos, end - pos, kind, piece);
+      this.lastLiveSeq = seq;
+      pos = end;
+    }
+    this.lastLiveTimeMs = now;
+    this.armSeal();
+    return this.epoch;
+  }
+
+  private sendWrite(offset: number, length: number, kind: WriteKind, origin: WriteOrigin, data: Buffer | null, timeMs: number): number {
+    const seq = this.seq++;
+    const payload = data ?? Buffer.alloc(0);
+    this.link.send({
+      type: 'write',
+      write: { seq, epoch: this.epoch, offset, length, kind, origin, data: payload, crc32c: data ? crc32c(payload) : 0, timeMs },
+    });
+    this.epochRecords++;
+    if (this.seq >= this.o.identity.nextSeq) this.reserve();
+    return seq;
+  }
+
+  /** Closes the open epoch if it holds records (flush, FUA, timer, shutdown). */
+  seal(reason: SealReason): number | null {
+    this.clearSealTimers();
+    const s = this.session;
+    if (!s?.started || this.epochRecords === 0) return null;
+    const epoch = this.epoch;
+    this.link.send({ type: 'seal', seal: { epoch, lastSeq: this.seq - 1, timeMs: Date.now(), reason } });
+    this.o.referenceLog?.seal(epoch, !s.groupOpen || reason === 'resync-end');
+    this.epoch++;
+    this.epochRecords = 0;
+    if (this.epoch >= this.o.identity.nextEpoch) this.reserve();
+    return epoch;
+  }
+
+  /** Sync mode: resolves when the hub acked `epoch` (or per onLinkFailure when the session ends). */
+  waitDurable(epoch: number): Promise<void> {
+    if (epoch <= this.lastAckedEpoch) return Promise.resolve();
+    if (!this.sealSoon && !this.sealTimer) this.armSeal();
+    return new Promise((resolve, reject) => this.syncWaiters.push({ epoch, resolve, reject }));
+  }
+
+  private armSeal(): void {
+    if (this.o.ackMode === 'sync') {
+      if (!this.sealSoon) this.sealSoon = setImmediate(() => ((this.sealSoon = null), this.seal('timer')));
+    } else if (!this.sealTimer) {
+      const ms = Math.min(this.o.epochIntervalMs ?? 20, 1000);
+      this.sealTimer = setTimeout(() => ((this.sealTimer = null), this.seal('timer')), ms);
+    }
+  }
+
+  private clearSealTimers(): void {
+    if (this.sealTimer) clearTimeout(this.sealTimer);
+    if (this.sealSoon) clearImmediate(this.sealSoon);
+    this.sealTimer = null;
+    this.sealSoon = null;
+  }
+
+  /** Persists a new seq/epoch ceiling so a crash can never reuse numbers. */
+  private reserve(): void {
+    const id = this.o.identity;
+    id.nextSeq = this.seq + RESERVE;
+    id.nextEpoch = this.epoch + RESERVE;
+    this.o.identityStore.saveVolume(id);
+  }
+
+  // ---- session lifecycle -------------------------------------------------
+
+  private async onWelcome(w: Welcome): Promise<void> {
+    const s: Session = { id: ++this.sessions, abort: new AbortController(), groupOpen: false, started: false };
+    this.session = s;
+    const id = this.o.identity;
+    try {
+      if (w.syncMode === 'full') {
+        // bits first (stamped with the new generation), then identity: a crash in
+        // between still resends everything (see identity.ts / bitmap-store.ts)
+        this.o.regions.markAllForResend();
+        id.generation = w.generation;
+        await this.o.persistBitmap();
+      }
+      id.generation = w.generation;
+      this.seq = Math.max(this.seq, w.durableSeq + 1);
+      this.epoch = Math.max(this.epoch, w.durableEpoch + 1);
+      this.epochRecords = 0;
+      this.lastAckedEpoch = Math.max(this.lastAckedEpoch, w.durableEpoch);
+      id.durableEpoch = this.lastAckedEpoch;
+      this.reserve();
+    } catch (err) {
+      this.o.logger.error({ err: (err as Error).message }, 'cannot start replication session');
+      this.link.disconnect(`session start failed: ${(err as Error).message}`);
+      return;
+    }
+    if (this.session !== s || !this.link.streaming) return;
+    this.emitEvent({ type: 'connected', volume: id.name, generation: w.generation, syncMode: w.syncMode });
+    this.beginGroup(s, w.syncMode === 'full');
+    this.exitAhead('session started');
+    this.statusTimer = setInterval(() => this.sendStatus(), this.o.statusIntervalMs ?? 500);
+    this.sendStatus();
+  }
+
+  private beginGroup(s: Session, full: boolean): void {
+    const resyncId = ++this.resyncs;
+    const totalBytes = this.o.regions.resendBytes;
+    this.link.send({ type: 'resyncBegin', resyncBegin: { resyncId, full, totalBytes } });
+    s.groupOpen = true;
+    s.started = true;
+    this.progress = { active: true, full, resyncId, doneBytes: 0, totalBytes };
+    this.emitEvent({ type: 'resync-start', volume: this.o.identity.name, resyncId, full, totalBytes });
+    void this.driveResync(s, resyncId);
+  }
+
+  private async driveResync(s: Session, resyncId: number): Promise<void> {
+    const bucket = new TokenBucket(this.o.resyncRate, Math.max(1024 * 1024, this.o.resyncRate / 10));
+    try {
+      for (;;) {
+        await runResync({
+          regions: this.o.regions,
+          device: this.o.device,
+          bucket,
+          signal: s.abort.signal,
+          send: (p) => this.sendResyncPiece(s, p),
+          waitForRoom: (bytes, signal) => this.waitForRoom(bytes, signal),
+          onProgress: (bytes) => this.onResyncProgress(resyncId, bytes),
+        });
+        if (this.dropping) {
+          // ahead inside the group: end it only once live payloads flow again
+          await this.waitForRoom(this.o.queueBytes / 2, s.abort.signal);
+          this.exitAhead('queue drained');
+          continue;
+        }
+        if (this.o.regions.resendBytes === 0) break;
+      }
+      if (this.session !== s || s.abort.signal.aborted) return;
+      this.endGroup(s, resyncId);
+    } catch (err) {
+      if (s.abort.signal.aborted || this.session !== s) return;
+      this.o.logger.error({ err: (err as Error).message }, 'resync failed; restarting the session');
+      this.link.disconnect(`resync failed: ${(err as Error).message}`);
+    }
+  }
+
+  private sendResyncPiece(s: Session, p: ResyncPiece): number | null {
+    if (this.session !== s || !this.link.streaming) return null;
+    this.sendWrite(p.offset, p.length, p.kind, 'resync', p.data, Date.now());
+    this.armSeal();
+    return this.epoch;
+  }
+
+  /**
+   * A region went to resend outside the stream (a failed local write): make
+   * sure a resync group will ship it.
+   */
+  resendNeeded(): void {
+    const s = this.session;
+    if (s?.started && !s.groupOpen) {
+      this.seal('timer');
+      this.beginGroup(s, false);
+    }
+  }
+
+  private endGroup(s: Session, resyncId: number): void {
+    const epoch = this.epoch;
+    this.link.send({ type: 'resyncEnd', resyncEnd: { resyncId, epoch } });
+    this.epochRecords++; // the resync-end seal is sent even for an empty epoch
+    s.groupOpen = false;
+    this.seal('resync-end');
+    if (this.progress) this.progress.active = false;
+    this.emitEvent({ type: 'resync-end', volume: this.o.identity.name, resyncId, epoch });
+  }
+
+  private onResyncProgress(resyncId: number, bytes: number): void {
+    const p = this.progress;
+    if (!p || p.resyncId !== resyncId) return;
+    p.doneBytes += bytes;
+    p.totalBytes = Math.max(p.totalBytes, p.doneBytes + this.o.regions.resendBytes);
+    this.emitEvent({ type: 'resync-progress', volume: this.o.identity.name, resyncId, doneBytes: p.doneBytes, totalBytes: p.totalBytes });
+  }
+
+  private waitForRoom(bytes: number, signal: AbortSignal): Promise<void> {
+    const fits = (): boolean => this.link.queuedBytes === 0 || this.link.queuedBytes + bytes <= this.o.queueBytes;
+    if (fits()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (signal.aborted) return done(ReplError.closed('session'));
+        if (fits()) done(null);
+      };
+      const done = (err: ReplError | null): void => {
+        this.link.off('drain', check);
+        signal.removeEventListener('abort', check);
+        if (err) reject(err);
+        else resolve();
+      };
+      this.link.on('drain', check);
+      signal.addEventListener('abort', check);
+    });
+  }
+
+  private enterAhead(reason: string): void {
+    if (this.dropping) return;
+    this.dropping = true;
+    const s = this.session;
+    if (s?.started && !s.groupOpen) {
+      this.seal('timer'); // what was sent is a prefix of completion order: a valid point
+      this.beginGroup(s, false);
+    }
+    this.o.logger.warn({ volume: this.o.identity.name, reason }, 'replication ahead: dropping payloads, tracking in the bitmap');
+    this.emitEvent({ type: 'ahead', volume: this.o.identity.name, ahead: true, reason });
+  }
+
+  private exitAhead(reason: string): void {
+    if (!this.dropping) return;
+    this.dropping = false;
+    this.emitEvent({ type: 'ahead', volume: this.o.identity.name, ahead: false, reason });
+  }
+
+  private onDrain(): void {
+    const s = this.session;
+    if (this.dropping && s?.started && this.link.queuedBytes <= this.o.queueBytes / 2) this.exitAhead('queue drained');
+  }
+
+  private onAck(epoch: number, seq: number): void {
+    if (epoch < this.lastAckedEpoch) return;
+    this.lastAckedEpoch = epoch;
+    this.lastAckedSeq = Math.max(this.lastAckedSeq, seq);
+    this.o.identity.durableEpoch = epoch;
+    this.o.regions.onAck(epoch);
+    const keep: typeof this.syncWaiters = [];
+    for (const w of this.syncWaiters) (w.epoch <= epoch ? w.resolve() : keep.push(w));
+    this.syncWaiters = keep;
+    this.emitEvent({ type: 'ack', volume: this.o.identity.name, epoch, seq, dirtyBytes: this.o.regions.bitmap.dirtyBytes() });
+    if (this.link.queuedBytes === 0) this.sendStatus();
+  }
+
+  private onDown(reason: string): void {
+    const s = this.session;
+    this.session = null;
+    s?.abort.abort();
+    this.clearSealTimers();
+    if (this.statusTimer) clearInterval(this.statusTimer);
+    this.statusTimer = null;
+    this.o.regions.onDisconnect();
+    this.epochRecords = 0;
+    this.epoch++; // never reuse a partly sent epoch number
+    if (this.progress) this.progress.active = false;
+    const waiters = this.syncWaiters.splice(0);
+    for (const w of waiters) {
+      if (this.o.onLinkFailure === 'fail-writes') w.reject(ReplError.io(`replication link lost (${reason})`));
+      else w.resolve();
+    }
+    if (!this.dropping) {
+      this.dropping = true;
+      this.emitEvent({ type: 'ahead', volume: this.o.identity.name, ahead: true, reason: 'hub disconnected' });
+    }
+    this.emitEvent({ type: 'disconnect', volume: this.o.identity.name, reason });
+  }
+
+  private sendStatus(): void {
+    if (!this.session?.started) return;
+    const p = this.progress;
+    this.link.send({
+      type: 'status',
+      status: {
+        ackedSeq: this.lastLiveSeq,
+        ackedTimeMs: this.lastLiveTimeMs,
+        dirtyBytes: this.o.regions.bitmap.dirtyBytes(),
+        queueBytes: this.link.queuedBytes,
+        ahead: this.dropping,
+        resyncDoneBytes: p?.active ? p.doneBytes : 0,
+        resyncTotalBytes: p?.active ? p.totalBytes : 0,
+      },
+    });
+  }
+
+  status(): ReplicationStatus {
+    const l = this.link.status();
+    return {
+      volume: this.o.identity.name,
+      state: l.state,
+      generation: this.o.identity.generation,
+      dirtyBytes: this.o.regions.bitmap.dirtyBytes(),
+      queueBytes: this.link.queuedBytes,
+      lastAckedEpoch: this.lastAckedEpoch,
+      lastAckedSeq: this.lastAckedSeq,
+      reconnects: l.reconnects,
+      ahead: this.dropping,
+      resync: this.progress ? { ...this.progress } : null,
+      refused: l.lastRefuse ? { code: l.lastRefuse.code, message: l.lastRefuse.message, atMs: l.lastRefuse.atMs } : null,
+      lastError: l.lastError,
+    };
+  }
+
+  /**
+   * Clean stop (after the filter drained): seal what is open, give the hub a
+   * moment to ack it (fewer bits to resend next time), say goodbye, close the
+   * link and persist counters. Bits not acked stay set in the bitmap.
+   */
+  async close(ackWaitMs = 2000): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const epoch = this.seal('shutdown');
+    if (epoch !== null && this.link.streaming) {
+      await Promise.race([this.waitDurable(epoch).catch(() => undefined), new Promise((r) => setTimeout(r, ackWaitMs).unref())]);
+    }
+    this.link.send({ type: 'goodbye', goodbye: { reason: 'agent stopping' } });
+    this.clearSealTimers();
+    await this.link.close();
+    const id = this.o.identity;
+    id.nextSeq = this.seq;
+    id.nextEpoch = this.epoch;
+    id.durableEpoch = this.lastAckedEpoch;
+    this.o.identityStore.saveVolume(id);
+    for (const w of this.syncWaiters.splice(0)) w.resolve();
+  }
+}
+
