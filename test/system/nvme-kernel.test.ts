@@ -6,9 +6,10 @@
  *
  * The guest (test/system/vm/guest/interop.sh) reads the discovery log, connects
  * with 2 I/O queues, writes slices of a deterministic pattern (copied in from
- * the host) with O_DIRECT in sizes from 512 B to 4 MiB, reads each back,
- * flushes, re-reads everything with the page cache dropped and reports sha256
- * sums. The host then compares the whole backing file byte for byte with the
+ * the host) with O_DIRECT in sizes from 512 B to 4 MiB and through the page
+ * cache, zeroes (Write Zeroes) and discards (DSM) parts of some, reads each
+ * back, flushes, re-reads everything with the page cache dropped and reports
+ * sha256 sums. The host then compares the whole backing file byte for byte with the
  * image it expects (zeroes plus the written slices), so a misplaced, dropped
  * or torn write fails the test even when the guest's read-back agreed.
  *
@@ -34,26 +35,45 @@ const SERIAL = 'BLOCKREP0001';
 const MODEL = 'blockrep-interop';
 const GUEST_PATTERN = '/etc/rep/pattern.bin';
 
+type CaseKind = 'direct' | 'buffered' | 'zero' | 'trim';
+
 interface Case {
   name: string;
+  /** See guest/interop.sh: zero/trim write the pattern, then zero/deallocate the middle half. */
+  kind: CaseKind;
   devOff: number;
   len: number;
   patOff: number;
-  /** dd block size: one NVMe command per block, up to the host's max transfer size. */
+  /** dd block size: one NVMe command per block (direct), up to the host's max transfer size. */
   bs: number;
 }
 
-// Non-overlapping device ranges; every slice of the pattern is distinct.
+// Non-overlapping device ranges (pattern slices may repeat at other offsets).
 const CASES: readonly Case[] = [
-  { name: 'a4k', devOff: 0, len: 4096, patOff: 0, bs: 4096 },
-  { name: 'b64k', devOff: MiB + 4096, len: 64 * 1024, patOff: 4096, bs: 64 * 1024 },
-  { name: 'c128k', devOff: 3 * MiB, len: 128 * 1024, patOff: 68 * 1024, bs: 128 * 1024 },
-  { name: 'd1m', devOff: 8 * MiB, len: MiB, patOff: 196 * 1024, bs: MiB },
-  { name: 'e4m', devOff: 20 * MiB, len: 4 * MiB, patOff: 2 * MiB, bs: MiB },
-  { name: 'f3lba', devOff: 13 * 512, len: 3 * 512, patOff: 6 * MiB, bs: 512 },
-  { name: 'g256k', devOff: 33 * MiB + 7 * 512, len: 256 * 1024, patOff: 6 * MiB + 4096, bs: 256 * 1024 },
-  { name: 'hlast', devOff: DEV_SIZE - 4096, len: 4096, patOff: 7 * MiB, bs: 4096 },
+  { name: 'a4k', kind: 'direct', devOff: 0, len: 4096, patOff: 0, bs: 4096 },
+  { name: 'b64k', kind: 'direct', devOff: MiB + 4096, len: 64 * 1024, patOff: 4096, bs: 64 * 1024 },
+  { name: 'c128k', kind: 'direct', devOff: 3 * MiB, len: 128 * 1024, patOff: 68 * 1024, bs: 128 * 1024 },
+  { name: 'd1m', kind: 'direct', devOff: 8 * MiB, len: MiB, patOff: 196 * 1024, bs: MiB },
+  { name: 'e4m', kind: 'direct', devOff: 20 * MiB, len: 4 * MiB, patOff: 2 * MiB, bs: MiB },
+  { name: 'f3lba', kind: 'direct', devOff: 13 * 512, len: 3 * 512, patOff: 6 * MiB, bs: 512 },
+  { name: 'g256k', kind: 'direct', devOff: 33 * MiB + 7 * 512, len: 256 * 1024, patOff: 6 * MiB + 4096, bs: 256 * 1024 },
+  { name: 'hlast', kind: 'direct', devOff: DEV_SIZE - 4096, len: 4096, patOff: 7 * MiB, bs: 4096 },
+  // page cache: read-modify-write of partial pages, then writeback in large merged writes
+  { name: 'i1000b', kind: 'buffered', devOff: 5 * MiB + 123, len: 1000, patOff: 7 * MiB + 8192, bs: 1000 },
+  { name: 'j3m', kind: 'buffered', devOff: 12 * MiB + 65536, len: 3 * MiB, patOff: 4 * MiB + 777, bs: MiB },
+  { name: 'kzero', kind: 'zero', devOff: 44 * MiB, len: 256 * 1024, patOff: 1536 * 1024, bs: 256 * 1024 },
+  { name: 'ltrim', kind: 'trim', devOff: 48 * MiB, len: MiB, patOff: 5 * MiB, bs: MiB },
 ];
+
+/** The kernel nvmet control runs over brd, which ignores discards: no trim case there. */
+const CONTROL_CASES = CASES.filter((c) => c.kind !== 'trim');
+
+/** What the device range of `c` must hold afterwards. */
+function caseData(c: Case, pattern: Buffer): Buffer {
+  const data = Buffer.from(pattern.subarray(c.patOff, c.patOff + c.len));
+  if (c.kind === 'zero' || c.kind === 'trim') data.fill(0, c.len / 4, c.len / 4 + c.len / 2);
+  return data;
+}
 
 function makePattern(): Buffer {
   // AES-CTR keystream over zeroes: deterministic, incompressible, fast
@@ -69,7 +89,14 @@ function interopScript(prelude = ''): string {
   return prelude + fs.readFileSync(path.join(__dirname, 'vm', 'guest', 'interop.sh'), 'utf8');
 }
 
-function guestEnv(addr: string, port: number, nqn: string, opts: string, discover: boolean): Record<string, string> {
+function guestEnv(
+  addr: string,
+  port: number,
+  nqn: string,
+  opts: string,
+  discover: boolean,
+  cases: readonly Case[] = CASES,
+): Record<string, string> {
   return {
     ADDR: addr,
     PORT: String(port),
@@ -77,17 +104,17 @@ function guestEnv(addr: string, port: number, nqn: string, opts: string, discove
     OPTS: opts,
     DISCOVER: discover ? '1' : '0',
     PATTERN: GUEST_PATTERN,
-    CASES: CASES.map((c) => `${c.name}:${c.devOff}:${c.len}:${c.patOff}:${c.bs}`).join(' '),
+    CASES: cases.map((c) => `${c.name}:${c.kind}:${c.devOff}:${c.len}:${c.patOff}:${c.bs}`).join(' '),
   };
 }
 
 /** Guest verdict, device geometry, and every checksum the guest reported. */
-function expectGuestData(run: GuestRun, pattern: Buffer): void {
+function expectGuestData(run: GuestRun, pattern: Buffer, cases: readonly Case[] = CASES): void {
   if (!run.ok) throw new Error(describeRun(run));
   expect(run.results.DEV_SIZE).toBe(String(DEV_SIZE));
   expect(run.results.LBA_SIZE).toBe('512');
-  for (const c of CASES) {
-    const want = sha256(pattern.subarray(c.patOff, c.patOff + c.len));
+  for (const c of cases) {
+    const want = sha256(caseData(c, pattern));
     expect({ case: c.name, written: run.results[`W_${c.name}`] }).toEqual({ case: c.name, written: want });
     expect({ case: c.name, read: run.results[`R_${c.name}`] }).toEqual({ case: c.name, read: want });
     expect({ case: c.name, reread: run.results[`RR_${c.name}`] }).toEqual({ case: c.name, reread: want });
@@ -99,7 +126,7 @@ function expectGuestData(run: GuestRun, pattern: Buffer): void {
 /** The backing file must equal zeroes + the written slices, byte for byte. */
 function expectBackingFile(file: string, pattern: Buffer): void {
   const expected = Buffer.alloc(DEV_SIZE);
-  for (const c of CASES) pattern.copy(expected, c.devOff, c.patOff, c.patOff + c.len);
+  for (const c of CASES) caseData(c, pattern).copy(expected, c.devOff);
   const actual = fs.readFileSync(file);
   expect(actual.length).toBe(DEV_SIZE);
   if (actual.equals(expected)) return;
@@ -197,10 +224,10 @@ describe('Linux kernel NVMe/TCP host in QEMU', () => {
       if (!image) return skipVm();
       const nqn = 'nqn.2024-01.io.blockrep:control';
       const run = await guestRun(
-        guestEnv('127.0.0.1', 4420, nqn, 'nr_io_queues=2', true),
+        guestEnv('127.0.0.1', 4420, nqn, 'nr_io_queues=2', true, CONTROL_CASES),
         'rep_nvmet_start 127.0.0.1 4420 "$NQN" 64 || rep_fail "nvmet setup failed"\n',
       );
-      expectGuestData(run, pattern);
+      expectGuestData(run, pattern, CONTROL_CASES);
       expect(run.results.DISCOVERED).toBe('1');
       expect(run.results.CTRL_queue_count).toBe('3');
     },
@@ -208,7 +235,7 @@ describe('Linux kernel NVMe/TCP host in QEMU', () => {
   );
 
   it(
-    'discovery, connect with 2 I/O queues, O_DIRECT 512 B..4 MiB, flush: data lands in the backing file',
+    'discovery, 2 I/O queues, O_DIRECT 512 B..4 MiB, buffered, Write Zeroes, discard, flush: backing file exact',
     async () => {
       if (!image) return skipVm();
       const s = await serve('plain');
@@ -217,6 +244,7 @@ describe('Linux kernel NVMe/TCP host in QEMU', () => {
       expectTargetStats(s, live);
       expect(run.results.DISCOVERED).toBe('1');
       expect(run.results.DISCOVER_TRADDR).toBe('10.0.2.2');
+      expect(run.results.DISCOVER_TRSVCID).toBe(String(s.port));
       expect(Number(run.results.CTRL_queue_count)).toBeGreaterThanOrEqual(3); // admin + >= 2 I/O
       expect(run.results.CTRL_subsysnqn).toBe(NQN);
       expect(run.results.CTRL_serial?.replace(/_+$/, '')).toBe(SERIAL);
