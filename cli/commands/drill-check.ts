@@ -112,8 +112,16 @@ async function hashRegion(client: NbdClient, offset: number, length: number): Pr
   return hash.digest('hex');
 }
 
-/** Reads every region of the view over NBD and compares it with the hub's checksums. */
-export function nbdVerifier(connect: (o: NbdConnectOptions) => Promise<NbdClient> = (o) => NbdClient.connect(o)): ViewVerifier {
+/**
+ * Reads every region of the view over NBD and compares it with the hub's
+ * checksums; `onProgress(doneBytes, totalBytes)` is called at most every
+ * progressMs while reading.
+ */
+export function nbdVerifier(
+  connect: (o: NbdConnectOptions) => Promise<NbdClient> = (o) => NbdClient.connect(o),
+  onProgress?: (doneBytes: number, totalBytes: number) => void,
+  progressMs = 5000,
+): ViewVerifier {
   return async (view, checksums, signal) => {
     if (!view.nbd) throw ReplError.invalid(`view ${view.id} has no NBD export; give a --check command instead`);
     const client = await connect({ host: view.nbd.host, port: view.nbd.port, exportName: view.nbd.export });
@@ -126,6 +134,7 @@ export function nbdVerifier(connect: (o: NbdConnectOptions) => Promise<NbdClient
         return result;
       }
       let next = 0;
+      let lastReport = Date.now();
       const worker = async (): Promise<void> => {
         for (let i = next++; i < checksums.regions.length; i = next++) {
           if (signal.aborted) return;
@@ -133,6 +142,10 @@ export function nbdVerifier(connect: (o: NbdConnectOptions) => Promise<NbdClient
           const length = Math.min(regionSize, size - offset);
           const digest = await hashRegion(client, offset, length);
           result.bytes += length;
+          if (onProgress && Date.now() - lastReport >= progressMs) {
+            lastReport = Date.now();
+            onProgress(result.bytes, size);
+          }
           if (digest !== checksums.regions[i]?.toLowerCase()) {
             result.mismatchCount++;
             if (result.mismatches.length < MAX_LISTED_MISMATCHES) result.mismatches.push(i);

@@ -84,7 +84,9 @@ export async function runDrillCommand(options: DrillCommandOptions, deps: DrillC
     report = await executeDrill(options, {
       client: deps.client,
       runCommand: deps.runCommand ?? shellRunner((chunk) => deps.err.write(chunk.toString('utf8'))),
-      verify: deps.verify ?? nbdVerifier(),
+      verify:
+        deps.verify ??
+        nbdVerifier(undefined, options.json ? undefined : (done, total) => deps.err.write(`drill: read ${formatBytes(done)} of ${formatBytes(total)}\n`)),
       signal: controller.signal,
       now: deps.now,
       progress: options.json ? undefined : (line) => deps.err.write(`drill: ${line}\n`),

@@ -87,6 +87,21 @@ describe('nbdVerifier', () => {
     expect(r.bytes).toBe(0);
   });
 
+  test('matching content passes and progress is reported', async () => {
+    const { createHash } = await import('node:crypto');
+    await device.write(65536, Buffer.alloc(65536, 0x5a));
+    const regions: string[] = [];
+    for (let off = 0; off < 256 * 1024; off += 65536) regions.push(createHash('sha256').update(await device.read(off, 65536)).digest('hex'));
+    const seen: number[] = [];
+    const verify = nbdVerifier(undefined, (done) => seen.push(done), 0);
+    const r = await verify(view(), { id: 'v', regionSize: 65536, size: 256 * 1024, algorithm: 'sha256', regions }, new AbortController().signal);
+    expect(r).toMatchObject({ mismatchCount: 0, detail: null, bytes: 256 * 1024, regions: 4 });
+    expect(seen.length).toBeGreaterThan(0);
+    regions[2] = regions[1]!;
+    const bad = await verify(view(), { id: 'v', regionSize: 65536, size: 256 * 1024, algorithm: 'sha256', regions }, new AbortController().signal);
+    expect(bad).toMatchObject({ mismatchCount: 1, mismatches: [2] });
+  });
+
   test('a view without an NBD export is E_INVALID', async () => {
     await expect(
       nbdVerifier()({ ...view(), nbd: null }, { id: 'v', regionSize: 65536, size: 0, algorithm: 'sha256', regions: [] }, new AbortController().signal),
