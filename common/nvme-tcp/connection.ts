@@ -18,7 +18,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../log';
 import { handleAdmin } from './admin';
-import { Command, Completion, QueueContext, TargetContext, fail } from './command';
+import { Completion, QueueContext, TargetContext, fail } from './command';
 import type { Controller, QueueHandle } from './controller';
 import { handleFabrics } from './fabrics';
 import { handleIo, precheckWrite } from './io';
@@ -28,7 +28,6 @@ import {
   PduFlag,
   PduType,
   SQE_LEN,
-  decodeDataPduHeader,
   decodeIcReq,
   encodeCapsuleResp,
   encodeDataPdu,
@@ -37,7 +36,8 @@ import {
   encodeTermReq,
 } from './pdu';
 import { Pdu, PduError, PduReader } from './pdu-reader';
-import { Direction, FABRICS_OPCODE, FabricsType, SglId, decodeSqe, directionOf } from './sqe';
+import { FABRICS_OPCODE, FabricsType, SglId, decodeSqe, directionOf } from './sqe';
+import { PendingCommand, SolicitedWrites } from './solicited-writes';
 import { Status, toNvmeStatus } from './status';
 
 export type QueueState = 'awaiting-icreq' | 'awaiting-connect' | 'connected' | 'closing' | 'closed';
@@ -56,18 +56,6 @@ const MAX_OUTSTANDING = 256;
 const CLOSE_LINGER_MS = 1000;
 const EMPTY = Buffer.alloc(0);
 
-interface PendingCommand extends Command {
-  dir: Direction;
-  /** Solicited bytes received so far. */
-  received: number;
-  /** The open R2T of this command, if any. */
-  r2t: { ttag: number; offset: number; length: number; received: number } | null;
-  /** Non-zero: complete with this status once the data is in (data digest error). */
-  failStatus: number;
-  /** Bytes of the connection's R2T budget held by this command. */
-  budget: number;
-}
-
 export class Connection implements QueueContext, QueueHandle {
   state: QueueState = 'awaiting-icreq';
   qid = -1;
@@ -83,11 +71,7 @@ export class Connection implements QueueContext, QueueHandle {
   private sqFlowDisabled = false;
   /** Outstanding commands by CID. */
   private readonly commands = new Map<number, PendingCommand>();
-  /** Commands with an open R2T, by TTAG. */
-  private readonly r2ts = new Map<number, PendingCommand>();
-  private nextTag = 0;
-  private r2tBytes = 0;
-  private readonly r2tWaiting: PendingCommand[] = [];
+  private readonly writes: SolicitedWrites;
   private corked = false;
   private resumeAfterIc = false;
   /** ICReq deadline, then the deadline of a partially received PDU. */
@@ -106,7 +90,11 @@ export class Connection implements QueueContext, QueueHandle {
       role: 'target',
       maxCapsuleData: limits.maxCapsuleData,
       maxDataPdu: limits.maxH2CData,
-      sink: (header, type, dataLen) => (type === PduType.H2C_DATA ? this.h2cSink(header, dataLen) : null),
+      sink: (header, type, dataLen) => (type === PduType.H2C_DATA ? this.writes.sink(header, dataLen) : null),
+    });
+    this.writes = new SolicitedWrites(limits.maxH2CData, limits.maxR2TBuffer, {
+      sendR2T: (r) => this.send([encodeR2t(r, this.digests)]),
+      ready: (cmd) => (cmd.failStatus !== 0 ? this.complete(cmd, fail(cmd.failStatus)) : this.execute(cmd)),
     });
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -156,8 +144,7 @@ export class Connection implements QueueContext, QueueHandle {
     this.transition('closed', 'socket closed');
     this.clearTimer();
     this.commands.clear();
-    this.r2ts.clear();
-    this.r2tWaiting.length = 0;
+    this.writes.clear();
     const ctrl = this.controller;
     if (ctrl) {
       if (this.qid === 0) ctrl.teardown('admin queue closed');
@@ -332,79 +319,12 @@ export class Connection implements QueueContext, QueueHandle {
       const status = precheckWrite(this, cmd);
       if (status !== 0) return this.complete(cmd, fail(status));
     }
-    const len = cmd.sqe.sglLength;
-    if (this.r2tBytes > 0 && this.r2tBytes + len > this.target.limits.maxR2TBuffer) {
-      this.r2tWaiting.push(cmd);
-      return;
-    }
-    this.r2tBytes += len;
-    cmd.budget = len;
-    this.sendR2T(cmd);
-  }
-
-  private sendR2T(cmd: PendingCommand): void {
-    const offset = cmd.received;
-    const length = Math.min(cmd.sqe.sglLength - offset, this.target.limits.maxH2CData);
-    let ttag = this.nextTag;
-    while (this.r2ts.has(ttag)) ttag = (ttag + 1) & 0xffff;
-    this.nextTag = (ttag + 1) & 0xffff;
-    cmd.r2t = { ttag, offset, length, received: 0 };
-    this.r2ts.set(ttag, cmd);
-    this.send([encodeR2t({ cccid: cmd.sqe.cid, ttag, r2to: offset, r2tl: length }, this.digests)]);
-  }
-
-  /** Where a valid H2CData payload goes: straight into the command buffer. Invalid ones are checked in onH2CData. */
-  private h2cSink(header: Buffer, dataLen: number): Buffer | null {
-    const h = decodeDataPduHeader(header);
-    const cmd = this.r2ts.get(h.ttag);
-    const r = cmd?.r2t;
-    if (!cmd || !r || cmd.sqe.cid !== h.cccid || h.datal !== dataLen) return null;
-    if (h.datao !== r.offset + r.received || h.datao + h.datal > r.offset + r.length) return null;
-    if (!cmd.data) cmd.data = Buffer.allocUnsafe(cmd.sqe.sglLength);
-    return cmd.data.subarray(h.datao, h.datao + h.datal);
+    this.writes.start(cmd);
   }
 
   private onH2CData(pdu: Pdu): void {
-    const h = decodeDataPduHeader(pdu.header);
-    const cmd = this.r2ts.get(h.ttag);
-    if (!cmd) return this.fatal(Fes.INVALID_HEADER_FIELD, 10, pdu.header, `H2CData for unknown TTAG ${h.ttag}`);
-    if (cmd.sqe.cid !== h.cccid) return this.fatal(Fes.INVALID_HEADER_FIELD, 8, pdu.header, 'H2CData CCCID mismatch');
-    const data = pdu.data!;
-    if (h.datal !== data.length) return this.fatal(Fes.INVALID_HEADER_FIELD, 16, pdu.header, 'H2CData DATAL mismatch');
-    const r = cmd.r2t!;
-    if (h.datao !== r.offset + r.received || h.datao + h.datal > r.offset + r.length) {
-      return this.fatal(Fes.DATA_OUT_OF_RANGE, 0, pdu.header, 'H2CData outside the R2T');
-    }
-    if (!pdu.dataDigestOk) cmd.failStatus = Status.TRANSIENT_TRANSPORT_ERROR;
-    if (pdu.placed) {
-      // already in cmd.data (h2cSink)
-    } else if (h.datao === 0 && h.datal === cmd.sqe.sglLength) cmd.data = data;
-    else {
-      if (!cmd.data) cmd.data = Buffer.allocUnsafe(cmd.sqe.sglLength);
-      data.copy(cmd.data, h.datao);
-    }
-    r.received += h.datal;
-    cmd.received += h.datal;
-    if (r.received < r.length) return;
-    this.r2ts.delete(r.ttag);
-    cmd.r2t = null;
-    if (cmd.received < cmd.sqe.sglLength) return this.sendR2T(cmd);
-    if (cmd.failStatus !== 0) return this.complete(cmd, fail(cmd.failStatus));
-    this.execute(cmd);
-  }
-
-  private releaseBudget(cmd: PendingCommand): void {
-    if (cmd.budget === 0) return;
-    this.r2tBytes -= cmd.budget;
-    cmd.budget = 0;
-    while (this.r2tWaiting.length > 0) {
-      const next = this.r2tWaiting[0]!;
-      if (this.r2tBytes > 0 && this.r2tBytes + next.sqe.sglLength > this.target.limits.maxR2TBuffer) break;
-      this.r2tWaiting.shift();
-      this.r2tBytes += next.sqe.sglLength;
-      next.budget = next.sqe.sglLength;
-      this.sendR2T(next);
-    }
+    const fault = this.writes.onData(pdu);
+    if (fault) this.fatal(fault.fes, fault.fei, pdu.header, fault.reason);
   }
 
   // ------------------------------------------------------------ execution and completion
@@ -435,7 +355,7 @@ export class Connection implements QueueContext, QueueHandle {
   private complete(cmd: PendingCommand, c: Completion): void {
     if (this.commands.get(cmd.sqe.cid) !== cmd) return; // connection was closed meanwhile
     this.commands.delete(cmd.sqe.cid);
-    this.releaseBudget(cmd);
+    this.writes.release(cmd);
     if (this.state === 'closing' || this.state === 'closed') return;
     if (c.status === 0 && c.data && cmd.dir === 'c2h' && cmd.sqe.sglLength > 0) this.sendC2HData(cmd, c.data);
     this.sendResponse(cmd.sqe.cid, c);

@@ -15,19 +15,22 @@ import { ReplError } from '../errors';
 import { Logger, silentLogger } from '../log';
 import { HostQueue } from './host-queue';
 import {
-  Cns,
-  DISCOVERY_HEADER_LEN,
-  DISCOVERY_NQN,
-  DiscoveryEntry,
-  IDENTIFY_LEN,
-  LogId,
-  bytesToUuid,
-  getString,
-  parseDiscoveryLog,
-} from './identify';
-import { AdminOpcode, FABRICS_OPCODE, FabricsType, FeatureId, IoOpcode, encodeConnectData, encodeDsmRanges, SqeFields } from './sqe';
+  AssociationParams,
+  ControllerInfo,
+  NamespaceInfo,
+  associate,
+  connectQueue,
+  defaultHostNqn,
+  parseController,
+  parseNamespace,
+  propertyGet,
+  shutdownController,
+} from './host-session';
+import { Cns, DISCOVERY_HEADER_LEN, DISCOVERY_NQN, DiscoveryEntry, IDENTIFY_LEN, LogId, bytesToUuid, parseDiscoveryLog } from './identify';
+import { AdminOpcode, FeatureId, IoOpcode, encodeDsmRanges, SqeFields } from './sqe';
 
 export type { DiscoveryEntry } from './identify';
+export type { ControllerInfo, NamespaceInfo } from './host-session';
 export { NvmeTcpBlockDevice } from './host-device';
 
 export interface NvmeHostOptions {
@@ -44,97 +47,6 @@ export interface NvmeHostOptions {
   /** Keep-alive timeout in ms (default 5000; 0 disables keep alive). */
   kato?: number;
   logger?: Logger;
-}
-
-export interface ControllerInfo {
-  cntlid: number;
-  serial: string;
-  model: string;
-  firmware: string;
-  subnqn: string;
-  version: number;
-  mdts: number;
-  /** Bytes per command (from MDTS; 1 MiB when MDTS is 0). */
-  maxTransfer: number;
-  nn: number;
-  oncs: number;
-  volatileWriteCache: boolean;
-  ioccsz: number;
-  maxcmd: number;
-  kas: number;
-  sgls: number;
-  controllerType: number;
-  oaes: number;
-}
-
-export interface NamespaceInfo {
-  nsid: number;
-  nsze: bigint;
-  ncap: bigint;
-  lbaSize: number;
-  nguid: Buffer;
-  eui64: Buffer;
-  readOnly: boolean;
-  shared: boolean;
-  dlfeat: number;
-}
-
-const CC_ENABLE = 0x00460001;
-const CC_SHUTDOWN = 0x00464001;
-const ADMIN_DEPTH = 32;
-
-function parseController(b: Buffer): ControllerInfo {
-  const mdts = b[77]!;
-  return {
-    cntlid: b.readUInt16LE(78),
-    serial: b.toString('ascii', 4, 24).trimEnd(),
-    model: b.toString('ascii', 24, 64).trimEnd(),
-    firmware: b.toString('ascii', 64, 72).trimEnd(),
-    subnqn: getString(b, 768, 256),
-    version: b.readUInt32LE(80),
-    mdts,
-    maxTransfer: mdts === 0 ? 1024 * 1024 : Math.min(4096 * 2 ** mdts, 4 * 1024 * 1024),
-    nn: b.readUInt32LE(516),
-    oncs: b.readUInt16LE(520),
-    volatileWriteCache: (b[525]! & 1) === 1,
-    ioccsz: b.readUInt32LE(1792),
-    maxcmd: b.readUInt16LE(514),
-    kas: b.readUInt16LE(320),
-    sgls: b.readUInt32LE(536),
-    controllerType: b[111]!,
-    oaes: b.readUInt32LE(92),
-  };
-}
-
-function parseNamespace(nsid: number, b: Buffer): NamespaceInfo {
-  const lbads = b[128 + (b[26]! & 0xf) * 4 + 2]!;
-  return {
-    nsid,
-    nsze: b.readBigUInt64LE(0),
-    ncap: b.readBigUInt64LE(8),
-    lbaSize: 2 ** lbads,
-    nguid: Buffer.from(b.subarray(104, 120)),
-    eui64: Buffer.from(b.subarray(120, 128)),
-    readOnly: (b[99]! & 1) === 1,
-    shared: (b[30]! & 1) === 1,
-    dlfeat: b[33]!,
-  };
-}
-
-function defaultHostNqn(hostid: string): string {
-  return `nqn.2014-08.org.nvmexpress:uuid:${hostid}`;
-}
-
-interface AssociationParams {
-  host: string;
-  port: number;
-  subnqn: string;
-  hostnqn: string;
-  hostid: string;
-  kato: number;
-  headerDigest: boolean;
-  dataDigest: boolean;
-  logger: Logger;
 }
 
 export class NvmeTcpHost {
@@ -165,7 +77,7 @@ export class NvmeTcpHost {
       dataDigest: options.dataDigest ?? false,
       logger: options.logger ?? silentLogger,
     };
-    const { admin, cntlid, controller } = await NvmeTcpHost.associate(params);
+    const { admin, cntlid, controller } = await associate(params);
     const host = new NvmeTcpHost(admin, cntlid, controller, params);
     try {
       await host.createIoQueues(options.ioQueues ?? 1, options.queueDepth ?? 32);
@@ -191,7 +103,7 @@ export class NvmeTcpHost {
       dataDigest: false,
       logger: silentLogger,
     };
-    const { admin, cntlid, controller } = await NvmeTcpHost.associate(params);
+    const { admin, cntlid, controller } = await associate(params);
     const host = new NvmeTcpHost(admin, cntlid, controller, params);
     try {
       const header = await host.getLogPage(LogId.DISCOVERY, DISCOVERY_HEADER_LEN, { rae: true });
@@ -210,69 +122,11 @@ export class NvmeTcpHost {
     }
   }
 
-  /** Admin queue, Connect, CC enable, Identify Controller. */
-  private static async associate(p: AssociationParams): Promise<{ admin: HostQueue; cntlid: number; controller: ControllerInfo }> {
-    const admin = await HostQueue.open({
-      host: p.host,
-      port: p.port,
-      qid: 0,
-      depth: ADMIN_DEPTH,
-      digests: { hdgst: p.headerDigest, ddgst: p.dataDigest },
-      logger: p.logger,
-    });
-    try {
-      const cntlid = await NvmeTcpHost.connectQueue(admin, p, 0, ADMIN_DEPTH - 1, 0xffff);
-      const cap = await NvmeTcpHost.propertyGet(admin, 0x00, true);
-      await NvmeTcpHost.propertySet(admin, 0x14, CC_ENABLE);
-      const timeoutMs = (Number((cap >> 24n) & 0xffn) + 1) * 500;
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const csts = Number(await NvmeTcpHost.propertyGet(admin, 0x1c, false));
-        if (csts & 2) throw new ReplError('E_HANDSHAKE', 'controller fatal status (CSTS.CFS) on enable');
-        if (csts & 1) break;
-        if (Date.now() > deadline) throw new ReplError('E_TIMEOUT', 'controller did not become ready');
-        await new Promise((r) => setTimeout(r, 5));
-      }
-      const id = Buffer.alloc(IDENTIFY_LEN);
-      await admin.submit({ opcode: AdminOpcode.IDENTIFY, cdw10: Cns.CONTROLLER }, { readInto: id, what: 'identify controller' });
-      const controller = parseController(id);
-      if (controller.cntlid !== cntlid) throw new ReplError('E_HANDSHAKE', `identify CNTLID ${controller.cntlid} != connect CNTLID ${cntlid}`);
-      return { admin, cntlid, controller };
-    } catch (err) {
-      admin.close();
-      throw err;
-    }
-  }
-
-  private static async connectQueue(q: HostQueue, p: AssociationParams, qid: number, sqsize: number, cntlid: number): Promise<number> {
-    const data = encodeConnectData({ hostid: Buffer.from(p.hostid.replace(/-/g, ''), 'hex'), cntlid, subnqn: p.subnqn, hostnqn: p.hostnqn });
-    const cqe = await q.submit(
-      { opcode: FABRICS_OPCODE, fctype: FabricsType.CONNECT, cdw10: qid << 16, cdw11: sqsize, cdw12: qid === 0 ? p.kato : 0 },
-      { data, what: `connect qid ${qid}` },
-    );
-    return cqe.dw0 & 0xffff;
-  }
-
-  private static async propertyGet(q: HostQueue, offset: number, size8: boolean): Promise<bigint> {
-    const cqe = await q.submit(
-      { opcode: FABRICS_OPCODE, fctype: FabricsType.PROPERTY_GET, cdw10: size8 ? 1 : 0, cdw11: offset },
-      { what: `property get 0x${offset.toString(16)}` },
-    );
-    return BigInt(cqe.dw0 >>> 0) | (size8 ? BigInt(cqe.dw1 >>> 0) << 32n : 0n);
-  }
-
-  private static async propertySet(q: HostQueue, offset: number, value: number): Promise<void> {
-    await q.submit(
-      { opcode: FABRICS_OPCODE, fctype: FabricsType.PROPERTY_SET, cdw10: 0, cdw11: offset, cdw12: value },
-      { what: `property set 0x${offset.toString(16)}` },
-    );
-  }
-
   private async createIoQueues(wanted: number, queueDepth: number): Promise<void> {
     if (!Number.isInteger(wanted) || wanted < 1 || wanted > 0xfffe) throw ReplError.invalid(`ioQueues ${wanted} out of range`);
     const dw0 = await this.setFeatures(FeatureId.NUMBER_OF_QUEUES, ((wanted - 1) | ((wanted - 1) << 16)) >>> 0);
     const granted = Math.min(wanted, (dw0 & 0xffff) + 1, (dw0 >>> 16) + 1);
-    const cap = await NvmeTcpHost.propertyGet(this.admin, 0x00, true);
+    const cap = await propertyGet(this.admin, 0x00, true);
     const depth = Math.max(2, Math.min(queueDepth, Number(cap & 0xffffn) + 1, this.controller.maxcmd || 4096));
     for (let qid = 1; qid <= granted; qid++) {
       const q = await HostQueue.open({
@@ -286,7 +140,7 @@ export class NvmeTcpHost {
       });
       this.io.push(q);
       q.inCapsuleMax = Math.max(0, this.controller.ioccsz * 16 - 64);
-      await NvmeTcpHost.connectQueue(q, this.params, qid, depth - 1, this.cntlid);
+      await connectQueue(q, this.params, qid, depth - 1, this.cntlid);
     }
   }
 
@@ -490,15 +344,7 @@ export class NvmeTcpHost {
       this.closing = (async () => {
         if (this.kaTimer) clearInterval(this.kaTimer);
         try {
-          if (this.admin.isOpen) {
-            await NvmeTcpHost.propertySet(this.admin, 0x14, CC_SHUTDOWN);
-            const deadline = Date.now() + 2000;
-            while (Date.now() < deadline) {
-              const csts = Number(await NvmeTcpHost.propertyGet(this.admin, 0x1c, false));
-              if ((csts & 0xc) === 0x8) break;
-              await new Promise((r) => setTimeout(r, 5));
-            }
-          }
+          if (this.admin.isOpen) await shutdownController(this.admin);
         } catch (err) {
           this.params.logger.debug({ err }, 'shutdown handshake failed; closing anyway');
         } finally {
