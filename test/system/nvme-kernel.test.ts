@@ -23,6 +23,7 @@ import { FileDevice } from '../../common/block/file-device';
 import { testLogger } from '../../common/log';
 import { NvmeTcpTarget } from '../../common/nvme-tcp/target';
 import { makeTmpDir, removeTmpDir } from '../helpers/tmpdir';
+import { waitFor } from '../helpers/wait-for';
 import { describeRun, ensureVmImage, GuestRun, runGuest, skipVm, stopAllGuests } from '../helpers/vm';
 
 const MiB = 1024 * 1024;
@@ -211,8 +212,10 @@ describe('Linux kernel NVMe/TCP host in QEMU', () => {
   }
 
   /** Admin + 2 I/O connections while connected, no protocol errors, and the association is gone afterwards. */
-  function expectTargetStats(s: Served, live: TargetStats | null): void {
+  async function expectTargetStats(s: Served, live: TargetStats | null): Promise<void> {
     expect(live).toMatchObject({ connections: 3, controllers: 1, protocolErrors: 0 });
+    // the sockets' close events may still be queued when QEMU's exit is seen
+    await waitFor(() => s.target.stats().connections === 0, { timeoutMs: 5000, what: 'target connections to close' });
     const after = s.target.stats();
     expect(after).toMatchObject({ connections: 0, controllers: 0, protocolErrors: 0 });
     expect(after.commands).toBeGreaterThan(CASES.length);
@@ -241,7 +244,7 @@ describe('Linux kernel NVMe/TCP host in QEMU', () => {
       const s = await serve('plain');
       const { run, live } = await interop(s, 'nr_io_queues=2', true);
       expectGuestData(run, pattern);
-      expectTargetStats(s, live);
+      await expectTargetStats(s, live);
       expect(run.results.DISCOVERED).toBe('1');
       expect(run.results.DISCOVER_TRADDR).toBe('10.0.2.2');
       expect(run.results.DISCOVER_TRSVCID).toBe(String(s.port));
@@ -263,7 +266,7 @@ describe('Linux kernel NVMe/TCP host in QEMU', () => {
       const s = await serve('digest');
       const { run, live } = await interop(s, 'nr_io_queues=2,hdr_digest,data_digest', false);
       expectGuestData(run, pattern);
-      expectTargetStats(s, live);
+      await expectTargetStats(s, live);
       expect(Number(run.results.CTRL_queue_count)).toBeGreaterThanOrEqual(3);
       await s.device.flush();
       expectBackingFile(s.file, pattern);
