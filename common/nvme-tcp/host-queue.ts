@@ -42,6 +42,8 @@ export interface HostQueueOptions {
   /** Largest C2HData PDU accepted. */
   maxDataPdu?: number;
   connectTimeoutMs?: number;
+  /** A command outstanding longer than this closes the queue with E_TIMEOUT (default 30 s, like Linux). */
+  commandTimeoutMs?: number;
   logger: Logger;
 }
 
@@ -61,6 +63,8 @@ interface Outstanding {
   received: number;
   /** Set when data arrived damaged (data digest mismatch); reported with the response. */
   failure: ReplError | null;
+  /** Date.now() at submission, for the command timeout. */
+  since: number;
   what: string;
   resolve(cqe: Cqe): void;
   reject(err: Error): void;
@@ -78,6 +82,7 @@ export class HostQueue {
   private corked = false;
   /** CID generation counter (bits 15:12), like Linux, to catch stale completions. */
   private generation = 0;
+  private sweeper: NodeJS.Timeout | null = null;
 
   private constructor(
     private readonly socket: net.Socket,
@@ -157,7 +162,19 @@ export class HostQueue {
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('error', (err) => this.options.logger.debug({ err, qid: this.qid }, 'socket error'));
     this.socket.on('close', () => this.shutdown(ReplError.closed(`NVMe/TCP queue ${this.qid}`)));
+    const timeoutMs = this.options.commandTimeoutMs ?? 30_000;
+    this.sweeper = setInterval(() => this.sweep(timeoutMs), Math.min(1000, timeoutMs));
+    this.sweeper.unref();
     this.onData(Buffer.alloc(0));
+  }
+
+  /** Outstanding commands are in submission order (Map order), so the first one is the oldest. */
+  private sweep(timeoutMs: number): void {
+    const oldest = this.outstanding.values().next().value as Outstanding | undefined;
+    if (oldest && Date.now() - oldest.since > timeoutMs) {
+      this.options.logger.warn({ qid: this.qid, what: oldest.what, timeoutMs }, 'command timed out; closing queue');
+      this.shutdown(new ReplError('E_TIMEOUT', `${oldest.what} timed out after ${timeoutMs} ms`));
+    }
   }
 
   /** Submits one command and resolves with its CQE; rejects on a non-zero status. */
@@ -172,7 +189,7 @@ export class HostQueue {
     const inCapsule = data !== null && data.length <= this.inCapsuleMax;
     const sqe = encodeSqe({ ...fields, cid, dataLength: length, inCapsule });
     return new Promise<Cqe>((resolve, reject) => {
-      this.outstanding.set(cid, { cid, data, readInto: opts.readInto ?? null, received: 0, failure: null, what: opts.what, resolve, reject });
+      this.outstanding.set(cid, { cid, data, readInto: opts.readInto ?? null, received: 0, failure: null, since: Date.now(), what: opts.what, resolve, reject });
       this.send(encodeCapsuleCmd(sqe, inCapsule ? data : null, this.options.digests));
     });
   }
@@ -282,6 +299,7 @@ export class HostQueue {
   private shutdown(err: ReplError): void {
     if (this.closedError) return;
     this.closedError = err;
+    if (this.sweeper) clearInterval(this.sweeper);
     this.socket.destroy();
     for (const o of [...this.outstanding.values()]) o.reject(err);
     this.outstanding.clear();

@@ -50,7 +50,8 @@ export class SolicitedWrites {
 
   start(cmd: PendingCommand): void {
     const len = cmd.sqe.sglLength;
-    if (this.buffered > 0 && this.buffered + len > this.maxBuffer) {
+    // FIFO: nobody overtakes a waiting command, so large writes cannot starve
+    if (this.waiting.length > 0 || (this.buffered > 0 && this.buffered + len > this.maxBuffer)) {
       this.waiting.push(cmd);
       return;
     }
