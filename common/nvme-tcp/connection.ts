@@ -297,7 +297,7 @@ export class Connection implements QueueContext, QueueHandle {
     const s = cmd.sqe;
     if (pdu.data) {
       if (s.sglId !== SglId.DATA_BLOCK_OFFSET) return Status.SGL_DESCRIPTOR_TYPE_INVALID;
-      if (s.sglAddress !== 0n) return Status.SGL_OFFSET_INVALID;
+      if (s.sglAddress !== 0) return Status.SGL_OFFSET_INVALID;
       if (s.sglLength !== pdu.data.length) return Status.SGL_DATA_LENGTH_INVALID;
       if (cmd.dir !== 'h2c') return Status.INVALID_FIELD;
       if (!pdu.dataDigestOk) return Status.TRANSIENT_TRANSPORT_ERROR;
@@ -306,7 +306,7 @@ export class Connection implements QueueContext, QueueHandle {
     }
     if (s.sglLength === 0) return 0;
     if (s.sglId !== SglId.TRANSPORT_DATA_BLOCK) return Status.SGL_DESCRIPTOR_TYPE_INVALID;
-    if (s.sglAddress !== 0n) return Status.SGL_OFFSET_INVALID;
+    if (s.sglAddress !== 0) return Status.SGL_OFFSET_INVALID;
     if (s.sglLength > this.target.limits.maxTransfer) return Status.SGL_DATA_LENGTH_INVALID;
     if (cmd.dir !== 'h2c' && cmd.dir !== 'c2h') return Status.INVALID_FIELD;
     return 0;

@@ -71,7 +71,8 @@ export interface Sqe {
   nsid: number;
   /** Fabrics command type (byte 4) when opcode is 0x7F. */
   fctype: number;
-  sglAddress: bigint;
+  /** SGL address as a double (exact below 2^53; we only compare it with 0). */
+  sglAddress: number;
   sglLength: number;
   sglId: number;
   cdw10: number;
@@ -90,7 +91,7 @@ export function decodeSqe(b: Buffer): Sqe {
     cid: b.readUInt16LE(2),
     nsid: b.readUInt32LE(4),
     fctype: b[4]!,
-    sglAddress: b.readBigUInt64LE(24),
+    sglAddress: b.readUInt32LE(28) * 2 ** 32 + b.readUInt32LE(24),
     sglLength: b.readUInt32LE(32),
     sglId: b[39]!,
     cdw10: b.readUInt32LE(40),

@@ -192,6 +192,36 @@ describe('NVMe/TCP target against misbehaving peers', () => {
     await expectHealthy();
   });
 
+  it('answers malformed SGLs and transfer lengths with status codes and keeps the queue', async () => {
+    await startTarget({});
+    const { cntlid } = await rawAdmin();
+    const io = await rawIo(cntlid);
+    const withAddress = capsule({ opcode: IoOpcode.WRITE, cid: 10, nsid: 1 }, Buffer.alloc(512));
+    withAddress[32] = 1; // SGL address must be 0
+    const wrongType = capsule({ opcode: IoOpcode.WRITE, cid: 11, nsid: 1 }, Buffer.alloc(512));
+    wrongType[47] = 0x5a; // in-capsule data needs the data block/offset descriptor
+    const cases: Array<[Buffer, number, number]> = [
+      [withAddress, 10, Status.SGL_OFFSET_INVALID],
+      [wrongType, 11, Status.SGL_DESCRIPTOR_TYPE_INVALID],
+      [capsule({ opcode: IoOpcode.WRITE, cid: 12, nsid: 1, dataLength: 1024 }, Buffer.alloc(512)), 12, Status.SGL_DATA_LENGTH_INVALID],
+      [capsule({ opcode: IoOpcode.READ, cid: 13, nsid: 1, cdw12: 4095, dataLength: 2 * 1024 * 1024 }), 13, Status.SGL_DATA_LENGTH_INVALID],
+      [capsule({ opcode: IoOpcode.READ, cid: 14, nsid: 1, cdw12: 0, dataLength: 4096 }), 14, Status.SGL_DATA_LENGTH_INVALID],
+      [capsule({ opcode: IoOpcode.WRITE, cid: 15, nsid: 1, cdw10: SIZE / 512, cdw12: 127, dataLength: 65536, inCapsule: false }), 15, Status.LBA_OUT_OF_RANGE],
+      [capsule({ opcode: IoOpcode.READ, cid: 16, nsid: 9, cdw12: 0, dataLength: 512 }), 16, Status.INVALID_NAMESPACE],
+    ];
+    for (const [pdu, cid, status] of cases) {
+      io.send(pdu);
+      expect((await io.response(cid))?.status).toBe(status);
+    }
+    // no R2T was sent for the doomed write, and the queue still reads the golden data
+    expect(io.pdus.some((p) => p.type === PduType.R2T)).toBe(false);
+    io.send(capsule({ opcode: IoOpcode.READ, cid: 20, nsid: 1, cdw10: 2048, cdw12: 7, dataLength: 4096 }));
+    expect((await io.response(20))?.status).toBe(0);
+    const data = io.pdus.find((p) => p.type === PduType.C2H_DATA && p.header.readUInt16LE(8) === 20);
+    expect(data!.data!.equals(GOLDEN.subarray(0, 4096))).toBe(true);
+    expect(io.termReq()).toBeUndefined();
+  });
+
   it('survives truncated PDUs (peer closes, or stalls past the PDU timeout)', async () => {
     await startTarget({ pduTimeoutMs: 300 });
     const { cntlid } = await rawAdmin();
