@@ -33,7 +33,7 @@ import { ResyncBegin, ResyncEnd, Seal, Write } from '../proto/codec';
 import { Journal, JournalEntry, ordinalOf } from './journal';
 import { LocalJournalStorage } from './journal-storage';
 import { ReplicaIndex } from './replica-index';
-import { RetentionPolicy, planRetention } from './retention';
+import { RetentionPolicy, planRetention, planThinning } from './retention';
 import { VolumeMeta, readMeta, writeMeta } from './volume-meta';
 import { ReadTracker } from './read-tracker';
 
@@ -87,6 +87,8 @@ export class ReplicaStore {
   private base: BaseState = { basePoint: null, appliedPosition: 0, applying: null };
   /** Newest agent seq among durable records. */
   private maxSeq = 0;
+  /** Agent time of the newest durable Seal (inside groups too); null before the first. */
+  lastSealTimeMs: number | null = null;
   private journal!: Journal;
   private readonly listeners = new Set<(e: StoreEvent) => void>();
   /** Journal positions pinned by open views, with counts. */
@@ -267,6 +269,7 @@ export class ReplicaStore {
         if (this.groupState) this.groupState.endEpoch = h.epoch;
         return;
       case 'seal': {
+        this.lastSealTimeMs = h.timeMs;
         const group = this.groupState;
         if (group && (group.endEpoch === null || h.epoch < group.endEpoch)) return; // checkpoint inside a group
         this.groupState = null;
@@ -341,6 +344,8 @@ export class ReplicaStore {
     if (plan.blockedByPin) {
       this.options.logger.warn({ volume: this.metaValue.name }, 'journal over budget but an open view pins older history');
     }
+    const thin = new Set(planThinning(this.pointList.slice(1), [...this.pins.keys()], nowMs, this.options.policy));
+    if (thin.size > 0) this.pointList = this.pointList.filter((p) => !thin.has(p));
     if (!plan.target) return;
     const dropped = this.pointList.filter((p) => p.position < plan.target!.position).length;
     await this.applyTo(plan.target);

@@ -19,6 +19,12 @@
 export interface RetentionPolicy {
   /** Keep every recovery point of this window. */
   retentionMs: number;
+  /**
+   * Optional longer window (>= retentionMs): history between retentionMs and
+   * retentionLongMs stays recoverable, with its points thinned to one per
+   * THIN_INTERVAL_MS; only records older than this window reach the base.
+   */
+  retentionLongMs?: number;
   /** Journal budget in bytes (segments retained); exceeding it shortens history. */
   journalBytes: number;
 }
@@ -56,7 +62,7 @@ export interface RetentionPlan<P> {
 
 export function planRetention<P extends PlanPoint>(input: RetentionInput<P>): RetentionPlan<P> {
   const { points, policy } = input;
-  const cutoff = input.nowMs - policy.retentionMs;
+  const cutoff = input.nowMs - Math.max(policy.retentionMs, policy.retentionLongMs ?? 0);
   let timeIdx = -1;
   for (let i = 0; i < points.length && points[i]!.timeMs <= cutoff; i++) timeIdx = i;
 
@@ -83,4 +89,32 @@ export function planRetention<P extends PlanPoint>(input: RetentionInput<P>): Re
   const target = idx >= 0 ? points[idx]! : null;
   if (!target || target.position <= input.appliedPosition) return { target: null, shortened: false, blockedByPin };
   return { target, shortened: idx > timeIdx, blockedByPin };
+}
+
+export const THIN_INTERVAL_MS = 60_000;
+
+/**
+ * Points to forget between the long and the short window: keeps the first
+ * point of every THIN_INTERVAL_MS slot, pinned points, and everything outside
+ * (now - retentionLongMs, now - retentionMs]. Data is not touched: thinning
+ * only shortens the list of points offered for recovery.
+ */
+export function planThinning<P extends PlanPoint>(
+  points: readonly P[],
+  pinned: readonly number[],
+  nowMs: number,
+  policy: RetentionPolicy,
+): P[] {
+  if (policy.retentionLongMs === undefined || policy.retentionLongMs <= policy.retentionMs) return [];
+  const from = nowMs - policy.retentionLongMs;
+  const to = nowMs - policy.retentionMs;
+  const drop: P[] = [];
+  let slot = Number.NaN;
+  for (const p of points) {
+    if (p.timeMs <= from || p.timeMs > to) continue;
+    const s = Math.floor(p.timeMs / THIN_INTERVAL_MS);
+    if (s === slot && !pinned.includes(p.position)) drop.push(p);
+    slot = s;
+  }
+  return drop;
 }

@@ -73,5 +73,6 @@ export async function readMeta(dir: string): Promise<VolumeMeta> {
 
 export async function writeMeta(dir: string, meta: VolumeMeta): Promise<void> {
   validateMeta(meta);
+  await fs.promises.mkdir(dir, { recursive: true });
   await writeFileAtomic(path.join(dir, META_FILE), JSON.stringify(meta, null, 1) + '\n');
 }

@@ -1,4 +1,4 @@
-import { planRetention, RetentionPolicy } from '../../../hub/retention';
+import { planRetention, planThinning, RetentionPolicy } from '../../../hub/retention';
 
 const SEG = 100;
 const ordinalOf = (p: number) => Math.floor(p / 1000);
@@ -25,5 +25,18 @@ describe('planRetention', () => {
     expect(r.target ? (r.target as (typeof points)[number]).epoch : null).toBe(expected);
     expect(r.shortened).toBe(shortened);
     expect(r.blockedByPin).toBe(blocked);
+  });
+});
+
+describe('planThinning', () => {
+  const pts = Array.from({ length: 10 }, (_, i) => ({ position: i, timeMs: i * 30_000 }));
+  it('keeps one point per minute between the long and the short window, and pinned ones', () => {
+    const policy = { retentionMs: 60_000, retentionLongMs: 1e9, journalBytes: 1 };
+    const drop = planThinning(pts, [3], 300_000, policy).map((p) => p.position);
+    // window (now-1e9, 240000]: slots of 60 s: [0,1] [2,3] [4,5]..; pinned 3 kept; 9 at 270000 is inside the short window
+    expect(drop).toEqual([1, 5, 7]);
+  });
+  it('does nothing without a long window', () => {
+    expect(planThinning(pts, [], 300_000, { retentionMs: 60_000, journalBytes: 1 })).toEqual([]);
   });
 });

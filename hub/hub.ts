@@ -1,0 +1,272 @@
+/**
+ * Composition root of rephub:
+ *
+ *   HubServer (http/ws, status API, /metrics) --> AgentSession per connection
+ *        |                                              |
+ *        v                                              v
+ *   VolumeRegistry (fencing, admission) --> ReplicaStore per volume --> Journal
+ *        |
+ *        +--> NbdExporter --> NbdServer (latest recovery view of each volume)
+ *
+ * Data directory: hub.json ({hubId}), hub.lock (pid of the running hub; a
+ * stale lock of a dead process is taken over), volumes/<name>/ (see
+ * replica-store.ts).
+ * Stop order (style rule 16): stop accepting (HTTP listener, NBD server,
+ * retention timer) -> drain (close agent sessions and wait for them) ->
+ * flush/persist (each store drains its journal, finishes a running apply,
+ * fsyncs base image and manifest) -> close files and sockets -> release lock.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ReplError, asReplError } from '../common/errors';
+import { Logger } from '../common/log';
+import { NbdServer } from '../common/nbd/server';
+import { MAX_MESSAGE_BYTES } from '../proto/codec';
+import { NbdExporter } from './export';
+import { DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES } from './journal';
+import { HubMetrics } from './metrics';
+import { DEFAULT_RETENTION } from './retention';
+import { HubServer, RouteHandler } from './server';
+import { AgentSession } from './session';
+import { VolumeStatus } from './status';
+import { VolumeRegistry } from './volumes';
+import { version as packageVersion } from '../package.json';
+
+export interface HubConfig {
+  listen: { host: string; port: number };
+  dataDir: string;
+  nbdListen: { host: string; port: number } | null;
+  /** Shared secret agents must present; undefined accepts any agent. */
+  token?: string;
+  /** PEM text or file paths; HTTPS/WSS when given. */
+  tls?: { cert: string; key: string };
+  /** Window in which every recovery point is kept (default 1 h). */
+  retentionMs?: number;
+  /** Longer window kept with thinned points (default: none). */
+  retentionLongMs?: number;
+  /** Journal budget per volume; above it history is shortened (default 4 GiB). */
+  journalBytes?: number;
+  logger: Logger;
+  /** Tuning (tests): segment file size, heartbeat and retention intervals. */
+  segmentBytes?: number;
+  heartbeatIntervalMs?: number;
+  retentionIntervalMs?: number;
+}
+
+export interface HubStatus {
+  hubId: string;
+  version: string;
+  volumes: VolumeStatus[];
+}
+
+export interface Hub {
+  readonly hubId: string;
+  start(): Promise<{ httpPort: number; nbdPort: number | null }>;
+  stop(): Promise<void>;
+  status(): HubStatus;
+  /** Volumes, stores and sessions (for hub-side extensions such as recovery views). */
+  readonly volumes: VolumeRegistry;
+  /** The NBD server (null when nbdListen is null). */
+  readonly nbd: NbdServer | null;
+  /** Adds a JSON route to the hub's HTTP server. */
+  route(method: string, pattern: RegExp, handler: RouteHandler): void;
+}
+
+export const DEFAULT_JOURNAL_BYTES = 4 * 1024 ** 3;
+
+export function createHub(config: HubConfig): Hub {
+  return new HubImpl(config);
+}
+
+class HubImpl implements Hub {
+  readonly hubId: string;
+  readonly volumes: VolumeRegistry;
+  readonly nbd: NbdServer | null;
+  private readonly server: HubServer;
+  private readonly metrics: HubMetrics;
+  private readonly logger: Logger;
+  private retentionTimer: NodeJS.Timeout | null = null;
+  private opening: Promise<{ httpPort: number; nbdPort: number | null }> | null = null;
+  private closing: Promise<void> | null = null;
+  private lockHeld = false;
+
+  constructor(private readonly config: HubConfig) {
+    this.logger = config.logger;
+    this.hubId = loadHubId(config.dataDir);
+    this.metrics = new HubMetrics(() => this.metricsSnapshot());
+    this.nbd = config.nbdListen ? new NbdServer({ logger: this.logger.child({ component: 'nbd' }) }) : null;
+    this.volumes = new VolumeRegistry({
+      dataDir: config.dataDir,
+      hubId: this.hubId,
+      token: config.token,
+      logger: this.logger,
+      metrics: this.metrics,
+      exporter: this.nbd ? new NbdExporter(this.nbd) : null,
+      store: {
+        owner: this.hubId,
+        segmentBytes: config.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
+        maxRecordBytes: DEFAULT_MAX_RECORD_BYTES,
+        policy: {
+          retentionMs: config.retentionMs ?? DEFAULT_RETENTION.retentionMs,
+          retentionLongMs: config.retentionLongMs,
+          journalBytes: config.journalBytes ?? DEFAULT_JOURNAL_BYTES,
+        },
+      },
+    });
+    this.server = new HubServer({
+      logger: this.logger,
+      tls: config.tls,
+      heartbeatIntervalMs: config.heartbeatIntervalMs,
+      onAgent: (transport, remote) =>
+        new AgentSession(transport, this.volumes, {
+          logger: this.logger.child({ component: 'session' }),
+          maxRecordBytes: Math.min(DEFAULT_MAX_RECORD_BYTES, MAX_MESSAGE_BYTES),
+          remote,
+        }),
+    });
+    this.registerRoutes();
+  }
+
+  route(method: string, pattern: RegExp, handler: RouteHandler): void {
+    this.server.route(method, pattern, handler);
+  }
+
+  private registerRoutes(): void {
+    this.server.route('GET', /^\/v1\/status$/, () => ({ status: 200, body: this.status() }));
+    this.server.route('GET', /^\/v1\/volumes\/([^/]+)$/, (_req, m) => {
+      const name = decodeURIComponent(m[1]!);
+      const s = this.volumes.status(name);
+      if (!s) throw new ReplError('E_NOT_FOUND', `unknown volume ${name}`);
+      return { status: 200, body: s };
+    });
+    this.server.route('GET', /^\/metrics$/, async () => ({
+      status: 200,
+      body: null,
+      text: await this.metrics.registry.metrics(),
+      contentType: this.metrics.registry.contentType,
+    }));
+  }
+
+  status(): HubStatus {
+    return { hubId: this.hubId, version: packageVersion, volumes: this.volumes.statuses() };
+  }
+
+  private metricsSnapshot() {
+    const statuses = this.volumes.statuses();
+    return {
+      connectedAgents: statuses.filter((s) => s.connected).length,
+      volumes: statuses.map((s) => ({
+        name: s.name,
+        lagSeconds: s.lagSeconds,
+        journalBytes: s.journalBytes,
+        fsyncs: this.volumes.store(s.name)?.journalStats.fsyncs ?? 0,
+      })),
+    };
+  }
+
+  start(): Promise<{ httpPort: number; nbdPort: number | null }> {
+    if (!this.opening) this.opening = this.doStart();
+    return this.opening;
+  }
+
+  private async doStart(): Promise<{ httpPort: number; nbdPort: number | null }> {
+    acquireLock(this.config.dataDir);
+    this.lockHeld = true;
+    try {
+      await this.volumes.open();
+      const nbdPort = this.nbd && this.config.nbdListen
+        ? (await this.nbd.listen(this.config.nbdListen.host, this.config.nbdListen.port)).port
+        : null;
+      const http = await this.server.listen(this.config.listen.host, this.config.listen.port);
+      const interval = this.config.retentionIntervalMs ?? 1000;
+      this.retentionTimer = setInterval(() => void this.volumes.runRetention(Date.now()), interval);
+      this.retentionTimer.unref();
+      this.logger.info({ hubId: this.hubId, httpPort: http.port, nbdPort, tls: this.server.secure }, 'hub started');
+      return { httpPort: http.port, nbdPort };
+    } catch (err) {
+      await this.stop().catch(() => undefined);
+      throw asReplError(err);
+    }
+  }
+
+  stop(): Promise<void> {
+    if (!this.closing) this.closing = this.doStop();
+    return this.closing;
+  }
+
+  private async doStop(): Promise<void> {
+    try {
+      // 1. stop accepting new work
+      if (this.retentionTimer) clearInterval(this.retentionTimer);
+      await this.server.stopAccepting();
+      await this.nbd?.close();
+      // 2. drain: end agent sessions (their appends stay queued in the journals)
+      await this.server.closeAgents();
+      for (const s of this.volumes.sessions()) s.close(1001, 'hub stopping');
+      // 3 + 4. flush and persist: journals drain, base images and manifests fsync, stores close
+      await this.volumes.close();
+    } finally {
+      // 5. sockets, then the lock
+      this.server.close();
+      if (this.lockHeld) releaseLock(this.config.dataDir);
+      this.lockHeld = false;
+      this.logger.info({ hubId: this.hubId }, 'hub stopped');
+    }
+  }
+}
+
+/** Reads or creates the hub's persistent id (also the journal owner token). */
+function loadHubId(dataDir: string): string {
+  const file = path.join(dataDir, 'hub.json');
+  try {
+    const parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as { hubId?: unknown };
+    if (typeof parsed.hubId === 'string' && /^\w{1,20}$/.test(parsed.hubId)) return parsed.hubId;
+    throw new ReplError('E_IO', `${file}: malformed hub id`);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw asReplError(err);
+  }
+  fs.mkdirSync(dataDir, { recursive: true });
+  const hubId = `hub_${crypto.randomBytes(6).toString('hex')}`;
+  // tmp + fsync + rename (synchronous: runs once, in the constructor)
+  const fd = fs.openSync(`${file}.tmp`, 'w');
+  try {
+    fs.writeFileSync(fd, JSON.stringify({ hubId }) + '\n');
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(`${file}.tmp`, file);
+  return hubId;
+}
+
+function acquireLock(dataDir: string): void {
+  const file = path.join(dataDir, 'hub.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.writeFileSync(file, `${process.pid}\n`, { flag: 'wx' });
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw asReplError(err);
+    }
+    const pid = Number(fs.readFileSync(file, 'utf8').trim());
+    if (Number.isSafeInteger(pid) && pid > 0 && (pid === process.pid || processAlive(pid))) {
+      throw new ReplError('E_BUSY', `data directory ${dataDir} is in use by hub process ${pid}`);
+    }
+    fs.rmSync(file, { force: true });
+  }
+  throw new ReplError('E_BUSY', `cannot lock data directory ${dataDir}`);
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function releaseLock(dataDir: string): void {
+  fs.rmSync(path.join(dataDir, 'hub.lock'), { force: true });
+}

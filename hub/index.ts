@@ -1,0 +1,9 @@
+/** Public surface of rephub. */
+export { createHub, DEFAULT_JOURNAL_BYTES } from './hub';
+export type { Hub, HubConfig, HubStatus } from './hub';
+export type { VolumeStatus, VolumeState, PointJson } from './status';
+export type { RouteHandler, RouteResult } from './server';
+export { RecoveryVolume } from './recovery-volume';
+export type { RecoveryMode } from './recovery-volume';
+export type { RecoveryPoint, ReplicaStore } from './replica-store';
+export type { VolumeRegistry } from './volumes';
