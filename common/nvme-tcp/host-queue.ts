@@ -30,7 +30,7 @@ import {
   Cqe,
 } from './pdu';
 import { Pdu, PduReader } from './pdu-reader';
-import { SqeFields, encodeSqe } from './sqe';
+import { SglId, SqeFields, encodeSqe } from './sqe';
 import { statusError } from './status';
 
 export interface HostQueueOptions {
@@ -178,18 +178,27 @@ export class HostQueue {
   }
 
   /** Submits one command and resolves with its CQE; rejects on a non-zero status. */
-  async submit(fields: Omit<SqeFields, 'cid' | 'dataLength' | 'inCapsule'>, opts: SubmitOptions): Promise<Cqe> {
-    if (this.closedError) throw this.closedError;
-    const slot = this.freeCids.pop() ?? (await new Promise<number>((r) => this.waiters.push(r)));
-    if (this.closedError) throw this.closedError;
+  submit(fields: Omit<SqeFields, 'cid' | 'dataLength' | 'inCapsule'>, opts: SubmitOptions): Promise<Cqe> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const slot = this.freeCids.pop();
+    if (slot !== undefined) return this.issue(slot, fields, opts);
+    return new Promise<number>((r) => this.waiters.push(r)).then((s) => this.issue(s, fields, opts));
+  }
+
+  private issue(slot: number, fields: Omit<SqeFields, 'cid' | 'dataLength' | 'inCapsule'>, opts: SubmitOptions): Promise<Cqe> {
+    if (this.closedError) return Promise.reject(this.closedError);
     this.generation = (this.generation + 1) & 0xf;
     const cid = (this.generation << 12) | slot;
     const data = opts.data ?? null;
-    const length = data ? data.length : (opts.readInto?.length ?? 0);
+    const readInto = opts.readInto ?? null;
     const inCapsule = data !== null && data.length <= this.inCapsuleMax;
-    const sqe = encodeSqe({ ...fields, cid, dataLength: length, inCapsule });
+    const sqe = encodeSqe(fields);
+    // CID and SGL are ours to fill in (no object spread on the hot path)
+    sqe.writeUInt16LE(cid, 2);
+    sqe.writeUInt32LE(data ? data.length : readInto ? readInto.length : 0, 32);
+    sqe[39] = inCapsule ? SglId.DATA_BLOCK_OFFSET : SglId.TRANSPORT_DATA_BLOCK;
     return new Promise<Cqe>((resolve, reject) => {
-      this.outstanding.set(cid, { cid, data, readInto: opts.readInto ?? null, received: 0, failure: null, since: Date.now(), what: opts.what, resolve, reject });
+      this.outstanding.set(cid, { cid, data, readInto, received: 0, failure: null, since: Date.now(), what: opts.what, resolve, reject });
       this.send(encodeCapsuleCmd(sqe, inCapsule ? data : null, this.options.digests));
     });
   }

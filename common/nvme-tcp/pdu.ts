@@ -165,7 +165,8 @@ function allocHeader(type: number, hlen: number, dg: Digests, dataLen: number, e
   // data starts at the receiver's alignment; the zero padding is part of the header buffer
   const pdo = dataLen > 0 && spec.data !== 'term' ? Math.ceil((hlen + hd) / align) * align : 0;
   const flags = extraFlags | (hd ? PduFlag.HDGST : 0) | (dd ? PduFlag.DDGST : 0);
-  const buf = Buffer.alloc(Math.max(pdo, hlen + hd));
+  // pooled allocation: one header per PDU on the hot path
+  const buf = Buffer.allocUnsafe(Math.max(pdo, hlen + hd)).fill(0);
   writeCommonHeader(buf, { type, flags, hlen, pdo, plen: buf.length + dataLen + dd });
   return buf;
 }

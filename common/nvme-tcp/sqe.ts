@@ -121,11 +121,12 @@ export interface SqeFields {
 }
 
 /** Builds an SQE the way the Linux host does (PSDT = SGL, 0x40). */
-export function encodeSqe(f: SqeFields): Buffer {
-  const b = Buffer.alloc(SQE_LEN);
+export function encodeSqe(f: Omit<SqeFields, 'cid'> & { cid?: number }): Buffer {
+  // pooled allocation: this runs once per command
+  const b = Buffer.allocUnsafe(SQE_LEN).fill(0);
   b[0] = f.opcode;
   b[1] = 0x40;
-  b.writeUInt16LE(f.cid & 0xffff, 2);
+  b.writeUInt16LE((f.cid ?? 0) & 0xffff, 2);
   if (f.opcode === FABRICS_OPCODE) b[4] = f.fctype ?? 0;
   else b.writeUInt32LE((f.nsid ?? 0) >>> 0, 4);
   b.writeUInt32LE(f.dataLength ?? 0, 32);
