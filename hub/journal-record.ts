@@ -43,6 +43,15 @@ export const RECORD_HEADER_BYTES = 64;
 export const SEGMENT_HEADER_BYTES = 4096;
 const OWNER_BYTES = 20;
 
+/** Journal positions: ordinal * 2^32 + byte offset in the segment (segments < 4 GiB). */
+export const POSITION_SCALE = 0x100000000;
+export function positionOf(ordinal: number, offset: number): number {
+  return ordinal * POSITION_SCALE + offset;
+}
+export function ordinalOf(position: number): number {
+  return Math.floor(position / POSITION_SCALE);
+}
+
 export type RecordType = 'data' | 'zeroes' | 'trim' | 'seal' | 'resync-begin' | 'resync-end';
 const TYPES: readonly RecordType[] = ['data', 'zeroes', 'trim', 'seal', 'resync-begin', 'resync-end'];
 export const SEAL_REASONS = ['timer', 'flush', 'fua', 'resync-end', 'shutdown'] as const;

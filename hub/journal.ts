@@ -16,7 +16,7 @@
  * appends never grow a file), and commits a manifest naming the old segment
  * sealed at its end offset and the new one active, before writing on.
  *
- * Recovery (open): each segment the manifest names is scanned from byte 4096;
+ * Recovery (open): each segment the manifest names is scanned (journal-scan.ts) from byte 4096;
  * the scan stops at the first record that fails any check (torn or corrupt
  * tail). A sealed segment must scan exactly to its end offset (anything else
  * is real corruption: E_IO). The tail segment is sealed where its scan
@@ -34,26 +34,21 @@ import { crc32c } from '../common/nvme-tcp/crc32c';
 import {
   RECORD_HEADER_BYTES,
   SEGMENT_HEADER_BYTES,
+  POSITION_SCALE,
   RecordHeader,
-  decodeRecordHeader,
-  decodeSegmentHeader,
   encodeRecordHeader,
   encodeSegmentHeader,
-  verifyRecordData,
+  ordinalOf,
+  positionOf,
 } from './journal-record';
+import { scanSegment } from './journal-scan';
 import { JournalManifest, JournalStorage, ManifestSegment, SegmentFile } from './journal-storage';
 
-export const POSITION_SCALE = 0x100000000;
+const NO_DATA: Buffer = Buffer.alloc(0);
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024;
-const SCAN_CHUNK = 4 * 1024 * 1024;
 
-export function positionOf(ordinal: number, offset: number): number {
-  return ordinal * POSITION_SCALE + offset;
-}
-export function ordinalOf(position: number): number {
-  return Math.floor(position / POSITION_SCALE);
-}
+export { POSITION_SCALE, ordinalOf, positionOf };
 
 export interface JournalOptions {
   /** Size of each preallocated segment file (< 4 GiB). */
@@ -215,7 +210,7 @@ export class Journal {
   }
 
   /** Reads `length` payload bytes of a durable record starting `skip` bytes into its payload. */
-  async readData(entry: JournalEntry, skip: number, length: number): Promise<Buffer> {
+  async readData(entry: Pick<JournalEntry, 'position' | 'dataOffset'>, skip: number, length: number): Promise<Buffer> {
     const file = this.files.get(ordinalOf(entry.position));
     if (!file) throw new ReplError('E_IO', `journal record at ${entry.position} was reclaimed`);
     return file.read(entry.dataOffset + skip, length);
@@ -342,7 +337,7 @@ export class Journal {
     let seq = this.durableSeq;
     let epoch = this.durableEpoch;
     for (const p of batch) {
-      const data = p.input.data ?? EMPTY;
+      const data = p.input.data ?? NO_DATA;
       const size = RECORD_HEADER_BYTES + data.length;
       if (this.active.writeOffset + size > this.active.file.size) {
         await this.active.file.write(buffers, start);
@@ -396,7 +391,6 @@ export class Journal {
   }
 }
 
-const EMPTY: Buffer = Buffer.alloc(0);
 
 async function createSegment(
   storage: JournalStorage,
@@ -420,52 +414,4 @@ async function createSegmentAt(
   const header = encodeSegmentHeader({ salt, ordinal, createdMs: Date.now(), segmentBytes, owner });
   const file = await storage.createSegment(name, segmentBytes, header);
   return { file, meta: { name, ordinal, salt, endOffset: null } };
-}
-
-/**
- * Scans a segment's records from the header to `seg.endOffset` (or the file
- * end), verifying every checksum; returns the offset just past the last valid
- * record.
- */
-export async function scanSegment(
-  file: SegmentFile,
-  seg: ManifestSegment,
-  maxRecordBytes: number,
-  onRecord: (entry: JournalEntry) => void,
-): Promise<number> {
-  const head = decodeSegmentHeader(await file.read(0, SEGMENT_HEADER_BYTES));
-  if (head.salt !== seg.salt || head.ordinal !== seg.ordinal) {
-    throw new ReplError('E_IO', `journal segment ${seg.name} does not match the manifest`);
-  }
-  const limit = Math.min(seg.endOffset ?? file.size, file.size);
-  let windowStart = SEGMENT_HEADER_BYTES;
-  let window: Buffer = EMPTY;
-  let pos = SEGMENT_HEADER_BYTES;
-  const ensure = async (end: number): Promise<boolean> => {
-    if (end > limit) return false;
-    if (end <= windowStart + window.length) return true;
-    const len = Math.min(limit - pos, Math.max(SCAN_CHUNK, end - pos));
-    window = await file.read(pos, len);
-    windowStart = pos;
-    return end <= windowStart + window.length;
-  };
-  for (;;) {
-    if (!(await ensure(pos + RECORD_HEADER_BYTES))) return pos;
-    let header: RecordHeader;
-    try {
-      header = decodeRecordHeader(window, pos - windowStart, { maxDataBytes: maxRecordBytes, salt: seg.salt });
-    } catch {
-      return pos;
-    }
-    const end = pos + RECORD_HEADER_BYTES + header.dataLength;
-    if (!(await ensure(end))) return pos;
-    const dataAt = pos + RECORD_HEADER_BYTES - windowStart;
-    try {
-      verifyRecordData(header, window.subarray(dataAt, dataAt + header.dataLength));
-    } catch {
-      return pos;
-    }
-    onRecord({ position: positionOf(seg.ordinal, pos), dataOffset: pos + RECORD_HEADER_BYTES, header });
-    pos = end;
-  }
 }
