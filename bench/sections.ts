@@ -1,0 +1,15 @@
+/**
+ * Benchmark sections beyond the front ends. Each prints rows and returns JSON.
+ */
+export interface SectionOutput {
+  rows: string[][];
+  json: unknown;
+}
+
+export interface Section {
+  name: string;
+  title: string;
+  run(dir: string, log: (s: string) => void): Promise<SectionOutput>;
+}
+
+export const SECTIONS: Section[] = [];
