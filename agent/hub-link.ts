@@ -273,9 +273,9 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
       let ws: WebSocket;
       try {
         ws = new WebSocket(o.url, {
-        ca: o.ca,
-        handshakeTimeout: o.handshakeTimeoutMs ?? 10_000,
-        maxPayload: MAX_MESSAGE_BYTES,
+          ca: o.ca,
+          handshakeTimeout: o.handshakeTimeoutMs ?? 10_000,
+          maxPayload: MAX_MESSAGE_BYTES,
           perMessageDeflate: false,
         });
       } catch (err) {

@@ -22,82 +22,14 @@
  *   starts a new ResyncBegin that extends the hub's open group.
  */
 import { EventEmitter } from 'node:events';
-import { BlockDevice } from '../common/block/device';
 import { crc32c } from '../common/nvme-tcp/crc32c';
 import { ReplError } from '../common/errors';
-import { Logger } from '../common/log';
 import { PROTOCOL_VERSION, SealReason, Welcome, WriteKind, WriteOrigin } from '../proto/codec';
-import { BackoffPolicy, HubLink, LinkState } from './hub-link';
-import { IdentityStore, VolumeIdentity } from './identity';
-import { ReferenceLogWriter } from './reference-log';
-import { RegionState } from './region-state';
+import { HubLink } from './hub-link';
+import { ReplicationEvent, ReplicationStatus, ReplicatorOptions, ResyncProgress } from './replicator-types';
 import { ResyncPiece, runResync, TokenBucket } from './resync';
 
-export type AckMode = 'async' | 'sync';
-export type LinkFailurePolicy = 'degrade' | 'fail-writes';
-
-export interface ReplicatorOptions {
-  agentId: string;
-  identity: VolumeIdentity;
-  identityStore: IdentityStore;
-  /** The device below the filter (resync reads). */
-  device: BlockDevice;
-  regions: RegionState;
-  /** Persists the in-memory bitmap (activity-log.ts); used before a FULL sync. */
-  persistBitmap(): Promise<void>;
-  url: string;
-  token?: string;
-  ca?: Buffer;
-  ackMode: AckMode;
-  onLinkFailure: LinkFailurePolicy;
-  queueBytes: number;
-  resyncRate: number;
-  epochIntervalMs?: number;
-  forceFullSync?: boolean;
-  referenceLog?: ReferenceLogWriter;
-  logger: Logger;
-  /** Tuning, mostly for tests. */
-  statusIntervalMs?: number;
-  maxRecordBytes?: number;
-  heartbeatIntervalMs?: number;
-  backoffPolicy?: BackoffPolicy;
-  refuseBackoffMs?: number;
-  highWaterMark?: number;
-}
-
-export interface ResyncProgress {
-  active: boolean;
-  full: boolean;
-  resyncId: number;
-  doneBytes: number;
-  totalBytes: number;
-}
-
-export interface ReplicationStatus {
-  volume: string;
-  state: LinkState;
-  generation: number;
-  dirtyBytes: number;
-  queueBytes: number;
-  lastAckedEpoch: number;
-  lastAckedSeq: number;
-  reconnects: number;
-  ahead: boolean;
-  resync: ResyncProgress | null;
-  refused: { code: string; message: string; atMs: number } | null;
-  lastError: string | null;
-}
-
-export type ReplicationEvent =
-  | { type: 'state'; volume: string; from: LinkState; to: LinkState; reason: string }
-  | { type: 'connected'; volume: string; generation: number; syncMode: 'resume' | 'full' }
-  | { type: 'disconnect'; volume: string; reason: string }
-  | { type: 'refused'; volume: string; code: string; message: string }
-  | { type: 'ahead'; volume: string; ahead: boolean; reason: string }
-  | { type: 'resync-start'; volume: string; resyncId: number; full: boolean; totalBytes: number }
-  | { type: 'resync-progress'; volume: string; resyncId: number; doneBytes: number; totalBytes: number }
-  | { type: 'resync-end'; volume: string; resyncId: number; epoch: number }
-  | { type: 'ack'; volume: string; epoch: number; seq: number; dirtyBytes: number };
+export type { AckMode, LinkFailurePolicy, ReplicationEvent, ReplicationStatus, ReplicatorOptions, ResyncProgress } from './replicator-types';
 
 /** Sequence/epoch numbers reserved in identity.json above what a session uses. */
 const RESERVE = 1 << 24;
