@@ -50,8 +50,11 @@ export function parseVolume(text: string): VolumeSpec {
   return { name, path: file, size };
 }
 
-/** Accepts ws://, wss://, http:// and https:// hub URLs; returns both forms. */
-export function parseHubUrl(text: string): { ws: string; http: string } {
+/**
+ * Accepts ws://, wss://, http:// and https:// hub URLs (any path is ignored);
+ * returns the HTTP base for the control API and the agents' stream endpoint.
+ */
+export function parseHubUrl(text: string): { ws: string; http: string; replicate: string } {
   let url: URL;
   try {
     url = new URL(text);
@@ -64,7 +67,8 @@ export function parseHubUrl(text: string): { ws: string; http: string } {
     throw new ReplError('E_USAGE', `--hub: unsupported scheme '${scheme}' (use ws, wss, http or https)`);
   }
   const hostPort = url.host;
-  return { ws: `${secure ? 'wss' : 'ws'}://${hostPort}`, http: `${secure ? 'https' : 'http'}://${hostPort}` };
+  const ws = `${secure ? 'wss' : 'ws'}://${hostPort}`;
+  return { ws, http: `${secure ? 'https' : 'http'}://${hostPort}`, replicate: `${ws}/v1/replicate` };
 }
 
 export function parseSizeOption(text: string | number, option: string): number {

@@ -60,7 +60,7 @@ export async function main(argv: string[]): Promise<number> {
     nqn: args.nqn,
     hub: args.hub
       ? {
-          url: parseHubUrl(args.hub).ws,
+          url: parseHubUrl(args.hub).replicate,
           token,
           caFile: args.ca,
           ackMode: args.ack,

@@ -33,8 +33,12 @@ describe('cli argument parsing', () => {
   });
 
   test('hub URLs: ws, wss, http, https', () => {
-    expect(parseHubUrl('ws://127.0.0.1:7400')).toEqual({ ws: 'ws://127.0.0.1:7400', http: 'http://127.0.0.1:7400' });
-    expect(parseHubUrl('https://h:1/')).toEqual({ ws: 'wss://h:1', http: 'https://h:1' });
+    expect(parseHubUrl('ws://127.0.0.1:7400')).toEqual({
+      ws: 'ws://127.0.0.1:7400',
+      http: 'http://127.0.0.1:7400',
+      replicate: 'ws://127.0.0.1:7400/v1/replicate',
+    });
+    expect(parseHubUrl('https://h:1/')).toEqual({ ws: 'wss://h:1', http: 'https://h:1', replicate: 'wss://h:1/v1/replicate' });
     expect(() => parseHubUrl('ftp://h')).toThrow(/scheme/);
     expect(() => parseHubUrl('not a url')).toThrow(/not a URL/);
   });
