@@ -59,6 +59,8 @@ export interface AgentConfig {
   nvmeListen: { host: string; port: number } | null;
   nbdListen: { host: string; port: number } | null;
   nqn?: string;
+  /** Address written into the NVMe discovery log (default: the listener's local address). */
+  advertiseAddress?: string;
   hub?: AgentHubConfig;
   /** Test mode: reference log path (one volume), or prefix (several: PATH.NAME). */
   referenceLog?: string;
@@ -219,7 +221,7 @@ class AgentImpl extends EventEmitter implements Agent {
     const c = this.config;
     const ids = this.ids!;
     if (c.nvmeListen) {
-      this.nvme = new NvmeTcpTarget({ logger: c.logger.child({ component: 'nvme-tcp' }) });
+      this.nvme = new NvmeTcpTarget({ logger: c.logger.child({ component: 'nvme-tcp' }), advertiseAddress: c.advertiseAddress });
       this.nvme.addSubsystem({
         nqn: ids.agent.nqn,
         serial: ids.agent.serial,

@@ -22,6 +22,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('nvme-listen', { type: 'string', default: '127.0.0.1:4420', describe: "NVMe/TCP listener HOST:PORT, or 'off'" })
     .option('nbd-listen', { type: 'string', default: '127.0.0.1:10809', describe: "NBD listener HOST:PORT, or 'off'" })
     .option('nqn', { type: 'string', describe: 'subsystem NQN (default: generated once and kept in the state dir)' })
+    .option('advertise-address', { type: 'string', describe: 'address put in the NVMe discovery log (default: the address the host connected to)' })
     .option('state-dir', { type: 'string', default: './repagent-state', describe: 'identity, dirty bitmap and activity log' })
     .option('hub', { type: 'string', describe: 'hub URL (ws://HOST:PORT or wss://...); without it no replication' })
     .option('token-file', { type: 'string', describe: 'file holding the shared token presented to the hub' })
@@ -58,6 +59,7 @@ export async function main(argv: string[]): Promise<number> {
     nvmeListen: parseListen(args['nvme-listen'], '--nvme-listen'),
     nbdListen: parseListen(args['nbd-listen'], '--nbd-listen'),
     nqn: args.nqn,
+    advertiseAddress: args['advertise-address'],
     hub: args.hub
       ? {
           url: parseHubUrl(args.hub).replicate,
