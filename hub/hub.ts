@@ -7,10 +7,15 @@
  *   VolumeRegistry (fencing, admission) --> ReplicaStore per volume --> Journal
  *        |
  *        +--> NbdExporter --> NbdServer (latest recovery view of each volume)
+ *        |
+ *        +--> ViewManager (views.ts: test/failover views) --> NbdServer + NvmeTcpTarget
+ *             recovery API (recovery-api.ts), LagHistory (lag-history.ts)
  *
  * Data directory: hub.json ({hubId}), hub.lock (pid of the running hub; a
  * stale lock of a dead process is taken over), volumes/<name>/ (see
- * replica-store.ts).
+ * replica-store.ts), views/<id>/ (see views.ts).
+ * Start order: volumes, then views (their pins are in place before the first
+ * retention pass), then the listeners.
  * Stop order (style rule 16): stop accepting (HTTP listener, NBD server,
  * retention timer) -> drain (close agent sessions and wait for them) ->
  * flush/persist (each store drains its journal, finishes a running apply,
@@ -18,18 +23,23 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { ReplError, asReplError } from '../common/errors';
 import { Logger } from '../common/log';
 import { NbdServer } from '../common/nbd/server';
+import { NvmeTcpTarget } from '../common/nvme-tcp/target';
 import { MAX_MESSAGE_BYTES } from '../proto/codec';
 import { NbdExporter } from './export';
 import { DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES } from './journal';
+import { LagHistory } from './lag-history';
 import { HubMetrics } from './metrics';
 import { DEFAULT_RETENTION } from './retention';
+import { registerRecoveryRoutes } from './recovery-api';
 import { HubServer, RouteHandler } from './server';
 import { AgentSession } from './session';
 import { VolumeStatus } from './status';
+import { Endpoint, ViewManager } from './views';
 import { VolumeRegistry } from './volumes';
 import { version as packageVersion } from '../package.json';
 
@@ -37,6 +47,13 @@ export interface HubConfig {
   listen: { host: string; port: number };
   dataDir: string;
   nbdListen: { host: string; port: number } | null;
+  /** NVMe/TCP listener for recovery views (one subsystem per view); null/absent: none. */
+  nvmeListen?: { host: string; port: number } | null;
+  /**
+   * Address put into view NBD URIs and the NVMe discovery log; default: the
+   * listener's host, 127.0.0.1 when that is a wildcard (0.0.0.0 / ::).
+   */
+  advertiseAddress?: string;
   /** Shared secret agents must present; undefined accepts any agent. */
   token?: string;
   /** PEM text or file paths; HTTPS/WSS when given. */
@@ -52,6 +69,14 @@ export interface HubConfig {
   segmentBytes?: number;
   heartbeatIntervalMs?: number;
   retentionIntervalMs?: number;
+  /** Lag history sampling interval (default 5 s). */
+  lagSampleIntervalMs?: number;
+}
+
+export interface HubPorts {
+  httpPort: number;
+  nbdPort: number | null;
+  nvmePort: number | null;
 }
 
 export interface HubStatus {
@@ -62,13 +87,17 @@ export interface HubStatus {
 
 export interface Hub {
   readonly hubId: string;
-  start(): Promise<{ httpPort: number; nbdPort: number | null }>;
+  start(): Promise<HubPorts>;
   stop(): Promise<void>;
   status(): HubStatus;
   /** Volumes, stores and sessions (for hub-side extensions such as recovery views). */
   readonly volumes: VolumeRegistry;
   /** The NBD server (null when nbdListen is null). */
   readonly nbd: NbdServer | null;
+  /** The NVMe/TCP target serving views (null when nvmeListen is not set). */
+  readonly nvme: NvmeTcpTarget | null;
+  /** Recovery views (test and failover). */
+  readonly views: ViewManager;
   /** Adds a JSON route to the hub's HTTP server. */
   route(method: string, pattern: RegExp, handler: RouteHandler): void;
 }
@@ -83,11 +112,15 @@ class HubImpl implements Hub {
   readonly hubId: string;
   readonly volumes: VolumeRegistry;
   readonly nbd: NbdServer | null;
+  readonly nvme: NvmeTcpTarget | null;
+  readonly views: ViewManager;
+  private readonly lag: LagHistory;
+  private readonly endpoints: { nbd: Endpoint | null; nvme: Endpoint | null } = { nbd: null, nvme: null };
   private readonly server: HubServer;
   private readonly metrics: HubMetrics;
   private readonly logger: Logger;
   private retentionTimer: NodeJS.Timeout | null = null;
-  private opening: Promise<{ httpPort: number; nbdPort: number | null }> | null = null;
+  private opening: Promise<HubPorts> | null = null;
   private closing: Promise<void> | null = null;
   private lockHeld = false;
 
@@ -114,6 +147,29 @@ class HubImpl implements Hub {
         },
       },
     });
+    const advertise = config.advertiseAddress;
+    this.nvme = config.nvmeListen
+      ? new NvmeTcpTarget({
+          logger: this.logger.child({ component: 'nvme' }),
+          // the discovery log needs an IP; for a host name the target reports the connection's address
+          advertiseAddress: advertise && net.isIP(advertise) && !isWildcard(advertise) ? advertise : undefined,
+        })
+      : null;
+    this.views = new ViewManager({
+      dataDir: config.dataDir,
+      hubId: this.hubId,
+      volumes: this.volumes,
+      nbd: this.nbd,
+      nvme: this.nvme,
+      endpoints: () => this.endpoints,
+      journalBytes: config.journalBytes ?? DEFAULT_JOURNAL_BYTES,
+      logger: this.logger,
+    });
+    this.volumes.setViewInfo(this.views);
+    this.lag = new LagHistory({
+      source: () => this.volumes.statuses(),
+      intervalMs: config.lagSampleIntervalMs,
+    });
     this.server = new HubServer({
       logger: this.logger,
       tls: config.tls,
@@ -126,6 +182,7 @@ class HubImpl implements Hub {
         }),
     });
     this.registerRoutes();
+    registerRecoveryRoutes(this, { volumes: this.volumes, views: this.views, lag: this.lag });
   }
 
   route(method: string, pattern: RegExp, handler: RouteHandler): void {
@@ -165,25 +222,29 @@ class HubImpl implements Hub {
     };
   }
 
-  start(): Promise<{ httpPort: number; nbdPort: number | null }> {
+  start(): Promise<HubPorts> {
     if (!this.opening) this.opening = this.doStart();
     return this.opening;
   }
 
-  private async doStart(): Promise<{ httpPort: number; nbdPort: number | null }> {
+  private async doStart(): Promise<HubPorts> {
     acquireLock(this.config.dataDir);
     this.lockHeld = true;
     try {
       await this.volumes.open();
-      const nbdPort = this.nbd && this.config.nbdListen
-        ? (await this.nbd.listen(this.config.nbdListen.host, this.config.nbdListen.port)).port
-        : null;
+      await this.views.open();
+      const { nbdListen, nvmeListen, advertiseAddress } = this.config;
+      const nbdPort = this.nbd && nbdListen ? (await this.nbd.listen(nbdListen.host, nbdListen.port)).port : null;
+      if (nbdListen && nbdPort !== null) this.endpoints.nbd = { host: advertiseHost(advertiseAddress, nbdListen.host), port: nbdPort };
+      const nvmePort = this.nvme && nvmeListen ? (await this.nvme.listen(nvmeListen.host, nvmeListen.port)).port : null;
+      if (nvmeListen && nvmePort !== null) this.endpoints.nvme = { host: advertiseHost(advertiseAddress, nvmeListen.host), port: nvmePort };
+      this.lag.start();
       const http = await this.server.listen(this.config.listen.host, this.config.listen.port);
       const interval = this.config.retentionIntervalMs ?? 1000;
       this.retentionTimer = setInterval(() => void this.volumes.runRetention(Date.now()), interval);
       this.retentionTimer.unref();
-      this.logger.info({ hubId: this.hubId, httpPort: http.port, nbdPort, tls: this.server.secure }, 'hub started');
-      return { httpPort: http.port, nbdPort };
+      this.logger.info({ hubId: this.hubId, httpPort: http.port, nbdPort, nvmePort, tls: this.server.secure }, 'hub started');
+      return { httpPort: http.port, nbdPort, nvmePort };
     } catch (err) {
       await this.stop().catch(() => undefined);
       throw asReplError(err);
@@ -199,11 +260,15 @@ class HubImpl implements Hub {
     try {
       // 1. stop accepting new work
       if (this.retentionTimer) clearInterval(this.retentionTimer);
+      this.lag.stop();
       await this.server.stopAccepting();
       await this.nbd?.close();
+      await this.nvme?.close();
       // 2. drain: end agent sessions (their appends stay queued in the journals)
       await this.server.closeAgents();
       for (const s of this.volumes.sessions()) s.close(1001, 'hub stopping');
+      // views read through the stores: close them (overlays flushed, files kept) first
+      await this.views.close();
       // 3 + 4. flush and persist: journals drain, base images and manifests fsync, stores close
       await this.volumes.close();
     } finally {
@@ -214,6 +279,16 @@ class HubImpl implements Hub {
       this.logger.info({ hubId: this.hubId }, 'hub stopped');
     }
   }
+}
+
+function isWildcard(host: string): boolean {
+  return host === '0.0.0.0' || host === '::' || host === '';
+}
+
+/** The address clients are told to use for a listener on `listenHost`. */
+export function advertiseHost(advertise: string | undefined, listenHost: string): string {
+  if (advertise) return advertise;
+  return isWildcard(listenHost) ? '127.0.0.1' : listenHost;
 }
 
 /** Reads or creates the hub's persistent id (also the journal owner token). */

@@ -1,6 +1,9 @@
 /** Public surface of rephub. */
 export { createHub, DEFAULT_JOURNAL_BYTES } from './hub';
-export type { Hub, HubConfig, HubStatus } from './hub';
+export type { Hub, HubConfig, HubPorts, HubStatus } from './hub';
+export { ViewManager } from './views';
+export type { ViewJson } from './views';
+export type { LagSampleJson } from './lag-history';
 export type { VolumeStatus, VolumeState, PointJson } from './status';
 export type { RouteHandler, RouteResult } from './server';
 export { RecoveryVolume } from './recovery-volume';

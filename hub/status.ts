@@ -40,6 +40,12 @@ export interface VolumeStatus {
   resync: { active: boolean; full: boolean; doneBytes: number; totalBytes: number; percent: number } | null;
   journalBytes: number;
   recoveryPoints: number;
+  /** Failed over to a recovery view: the agent is fenced until failback. */
+  failedOver: boolean;
+  /** Id of the volume's failover view, if any. */
+  failoverView: string | null;
+  /** The journal is over its budget and an open view pins older history (history cannot be shortened). */
+  retentionBlocked: boolean;
 }
 
 export interface StatusInput {
@@ -56,6 +62,9 @@ export interface StatusInput {
   agent: AgentStatus | null;
   journalBytes: number;
   nowMs: number;
+  failedOver?: boolean;
+  failoverView?: string | null;
+  retentionBlocked?: boolean;
 }
 
 const iso = (ms: number | null): string | null => (ms === null || ms <= 0 ? null : new Date(ms).toISOString());
@@ -108,5 +117,8 @@ export function buildVolumeStatus(s: StatusInput): VolumeStatus {
     resync,
     journalBytes: s.journalBytes,
     recoveryPoints: s.pointCount,
+    failedOver: s.failedOver ?? false,
+    failoverView: s.failoverView ?? null,
+    retentionBlocked: s.retentionBlocked ?? false,
   };
 }

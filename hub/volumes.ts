@@ -13,9 +13,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { asReplError } from '../common/errors';
+import { ReplError, asReplError } from '../common/errors';
 import { Logger } from '../common/log';
 import { AgentStatus, Hello, PROTOCOL_VERSION, RefuseCode } from '../proto/codec';
+import { CloseCode } from './close-codes';
 import { decideHello } from './fencing';
 import { HubMetrics } from './metrics';
 import { RecoveryVolume } from './recovery-volume';
@@ -29,6 +30,16 @@ export interface VolumeExporter {
   add(name: string, device: RecoveryVolume): void;
   remove(name: string): Promise<void>;
 }
+
+/** What the registry asks about recovery views (hub/views.ts; set by the hub). */
+export interface ViewInfo {
+  failoverViewOf(volume: string): string | null;
+  hasViews(volume: string): boolean;
+  retentionBlocked(volume: string): boolean;
+}
+
+/** How long setFailedOver waits for the fenced session to go away. */
+const FENCE_WAIT_MS = 10_000;
 
 interface VolumeEntry {
   store: ReplicaStore;
@@ -57,6 +68,7 @@ export class VolumeRegistry implements SessionHost {
   /** Volumes whose directory could not be opened: refused, never overwritten. */
   private readonly broken = new Map<string, string>();
   private readonly logger: Logger;
+  private viewInfo: ViewInfo | null = null;
 
   constructor(private readonly options: VolumeRegistryOptions) {
     this.logger = options.logger;
@@ -85,6 +97,33 @@ export class VolumeRegistry implements SessionHost {
         this.logger.error({ volume: name, err }, 'volume cannot be opened; its agent will be refused');
       }
     }
+  }
+
+  setViewInfo(info: ViewInfo): void {
+    this.viewInfo = info;
+  }
+
+  /**
+   * Sets or clears the persisted failed-over flag. Setting it fences the
+   * volume: later Hellos are refused 'failed-over' (fencing.ts), an admission
+   * already under way is waited for, and the current session is closed with
+   * 4004; resolves once that session is released (or after FENCE_WAIT_MS).
+   */
+  async setFailedOver(name: string, failedOver: boolean): Promise<void> {
+    const entry = this.volumes.get(name);
+    if (!entry) throw new ReplError('E_NOT_FOUND', `unknown volume ${name}`);
+    await entry.store.updateMeta({ flags: { failedOver } });
+    if (!failedOver) return;
+    const deadline = Date.now() + FENCE_WAIT_MS;
+    const settle = async (done: () => boolean): Promise<void> => {
+      while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    };
+    await settle(() => !this.admitting.has(name));
+    const session = this.volumes.get(name)?.session;
+    if (!session) return;
+    session.close(CloseCode.FENCED, `volume ${name} failed over`);
+    await settle(() => this.volumes.get(name)?.session !== session);
+    if (this.volumes.get(name)?.session === session) this.logger.warn({ volume: name }, 'fenced session did not close in time');
   }
 
   private storeOptions(): ReplicaStoreOptions {
@@ -136,6 +175,9 @@ export class VolumeRegistry implements SessionHost {
       return this.refuse('unspecified', `volume ${name} is unreadable on the hub: ${this.broken.get(name)}`);
     }
     if (decision.action === 'refuse') return this.refuse(decision.code, decision.message);
+    if (decision.action === 'welcome' && decision.recreate && this.viewInfo?.hasViews(name)) {
+      return this.refuse('busy', `volume ${name} has open recovery views; discard them before a forced full sync`);
+    }
     this.admitting.add(name);
     try {
       let current = entry;
@@ -238,6 +280,9 @@ export class VolumeRegistry implements SessionHost {
       agent: session ? session.agentStatus : entry.agent,
       journalBytes: store.journalBytes,
       nowMs,
+      failedOver: store.meta.flags.failedOver,
+      failoverView: this.viewInfo?.failoverViewOf(name) ?? null,
+      retentionBlocked: this.viewInfo?.retentionBlocked(name) ?? false,
     });
   }
 
