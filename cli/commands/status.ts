@@ -24,6 +24,12 @@ export interface VolumeStatusJson {
   resync: { active: boolean; full: boolean; doneBytes: number; totalBytes: number; percent: number } | null;
   journalBytes: number;
   recoveryPoints: number;
+  /** Failed over to a recovery view (agent fenced until failback); absent from older hubs. */
+  failedOver?: boolean;
+  /** Id of the volume's failover view. */
+  failoverView?: string | null;
+  /** Journal over budget while a view pins older history. */
+  retentionBlocked?: boolean;
   [key: string]: unknown;
 }
 
