@@ -14,6 +14,7 @@
 #        for an I/O controller, REP_DEV (/dev/nvmeXnY, waits up to REP_NS_WAIT s)
 #   rep_wait_ns CTRL [SECS]            wait for the namespace block device, set REP_DEV
 #   rep_wait_state CTRL STATE SECS     wait until /sys/class/nvme/CTRL/state is STATE
+#   rep_wait_state_not CTRL STATE SECS wait until it is anything else; prints the state seen
 #   rep_ctrl_attr CTRL ATTR            print a sysfs attribute of the controller
 #   rep_discover ADDR PORT             nvme discover (nvme-cli); log also in /tmp/rep-discover.txt
 #   rep_disconnect [CTRL]              delete the controller (default REP_CTRL)
@@ -98,6 +99,15 @@ rep_wait_state() {
     _n=$((_n + 1)); [ "$_n" -le "$_max" ] || { rep_log "$1 state $(rep_ctrl_attr "$1" state), wanted $2"; return 1; }
     sleep 0.1
   done
+}
+
+rep_wait_state_not() {
+  _n=0; _max=$(($3 * 10))
+  while _s=$(rep_ctrl_attr "$1" state); [ "$_s" = "$2" ]; do
+    _n=$((_n + 1)); [ "$_n" -le "$_max" ] || { rep_log "$1 still $2 after $3 s" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "${_s:-gone}"
 }
 
 rep_discover() {
