@@ -23,6 +23,7 @@ import { Logger } from '../common/log';
 import { NbdServer } from '../common/nbd/server';
 import { NvmeTcpTarget } from '../common/nvme-tcp/target';
 import { ActivityLog } from './activity-log';
+import { FailbackClient } from './failback';
 import { IdentityStore, VolumeIdentity } from './identity';
 import { ReferenceLogWriter } from './reference-log';
 import { RegionState } from './region-state';
@@ -208,6 +209,20 @@ class AgentImpl extends EventEmitter implements Agent {
       vol.replicator.on('event', (e) => this.emit('event', e));
       vol.filter = new ReplicationFilter(file, regions, log, vol.replicator, { mode: h.ackMode, onLinkFailure: h.onLinkFailure ?? 'degrade' });
       vol.served = vol.filter;
+      // failback (agent/failback.ts): holds the filter's I/O while an interrupted failback is pending
+      vol.replicator.setFailback(
+        new FailbackClient({
+          dir,
+          device: file,
+          regions,
+          identity: vol.id,
+          identityStore: ids,
+          persistBitmap: () => log.persistBitmap(),
+          gate: vol.filter,
+          link: vol.replicator.link,
+          logger: c.logger.child({ volume: v.name, component: 'failback' }),
+        }),
+      );
       return vol;
     } catch (err) {
       vol.activity?.abandon();

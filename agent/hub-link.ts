@@ -29,6 +29,7 @@ import {
   decodeHubMessage,
   encodeAgentMessage,
   Hello,
+  HubFailbackMessage,
   MAX_MESSAGE_BYTES,
   Refuse,
   Welcome,
@@ -160,6 +161,8 @@ export interface HubLinkEvents {
   welcome: [welcome: Welcome];
   refuse: [refuse: Refuse];
   ack: [ack: Ack];
+  /** A failback message (after a Welcome with sync mode 'failback'; agent/failback.ts). */
+  failback: [msg: HubFailbackMessage];
   /** A session that had been welcomed ended. */
   down: [reason: string];
   /** Queued bytes went down (a send completed). */
@@ -366,6 +369,13 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
       case 'goodbye':
         this.lastError = `hub said goodbye: ${msg.goodbye.reason}`;
         ws.close(1000);
+        return null;
+      case 'failbackBegin':
+      case 'failbackData':
+      case 'failbackEnd':
+      case 'failbackDone':
+        if (this.st !== 'streaming') return this.protocolError(ws, `${msg.type} before welcome`);
+        this.emit('failback', msg);
         return null;
     }
   }

@@ -20,6 +20,13 @@
  * onLinkFailure 'fail-writes': a write that cannot be replicated now fails
  * before it touches the volume; 'degrade' (default) writes locally and keeps
  * the bits.
+ *
+ * Failback pause (agent/failback.ts): pause() holds every new initiator call
+ * (reads, writes, flushes: the volume is being rolled back underneath) in a
+ * queue of promises and resolves once the calls already running have
+ * finished; resume() lets the held calls run in arrival order. The front ends
+ * just see a slow device (an NVMe host retries a command that times out).
+ * drain() releases held calls, which then fail as closed.
  */
 import { BlockDevice, DeviceInfo, Extent, WriteOptions, checkRange } from '../common/block/device';
 import { ReplError } from '../common/errors';
@@ -49,6 +56,11 @@ export class ReplicationFilter implements BlockDevice {
   /** Mutating calls between entry and acknowledgement (drained by close()). */
   private readonly inflight = new Set<Promise<unknown>>();
   private closing: Promise<void> | null = null;
+  /** Set while paused for failback: new calls wait for `released`. */
+  private held: { released: Promise<void>; release: () => void } | null = null;
+  /** Reads running (pause waits for them as well). */
+  private reads = 0;
+  private readsIdle: (() => void) | null = null;
 
   constructor(
     readonly next: BlockDevice,
@@ -61,7 +73,38 @@ export class ReplicationFilter implements BlockDevice {
   }
 
   read(offset: number, length: number): Promise<Buffer> {
-    return this.next.read(offset, length);
+    if (this.held) return this.held.released.then(() => this.read(offset, length));
+    this.reads++;
+    const op = this.next.read(offset, length);
+    const done = (): void => {
+      if (--this.reads === 0 && this.readsIdle) this.readsIdle();
+    };
+    op.then(done, done);
+    return op;
+  }
+
+  /** True while initiator I/O is held for failback. */
+  get paused(): boolean {
+    return this.held !== null;
+  }
+
+  /** Holds new initiator calls; resolves when none is running any more. */
+  async pause(): Promise<void> {
+    if (!this.held) {
+      let release!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      this.held = { released, release };
+    }
+    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+    if (this.reads > 0) await new Promise<void>((r) => (this.readsIdle = r));
+    this.readsIdle = null;
+  }
+
+  /** Lets held and new calls run again. */
+  resume(): void {
+    const h = this.held;
+    this.held = null;
+    h?.release();
   }
 
   write(offset: number, data: Buffer, options?: WriteOptions): Promise<void> {
@@ -77,12 +120,14 @@ export class ReplicationFilter implements BlockDevice {
   }
 
   async flush(): Promise<void> {
+    while (this.held) await this.held.released;
     if (this.closing) throw ReplError.closed('replication filter');
     await this.next.flush();
     this.sink.seal('flush');
   }
 
   extents(offset: number, length: number): Promise<Extent[]> {
+    if (this.held) return this.held.released.then(() => this.extents(offset, length));
     if (this.next.extents) return this.next.extents(offset, length);
     return Promise.resolve([{ offset, length, zero: false, hole: false }]);
   }
@@ -96,6 +141,7 @@ export class ReplicationFilter implements BlockDevice {
     options?: WriteOptions,
   ): Promise<void> {
     if (this.closing) return Promise.reject(ReplError.closed('replication filter'));
+    if (this.held) return this.held.released.then(() => this.trackWrite(offset, length, kind, payload, forward, options));
     const op = this.runWrite(offset, length, kind, payload, forward, options);
     this.inflight.add(op);
     const done = (): void => void this.inflight.delete(op);
@@ -161,6 +207,7 @@ export class ReplicationFilter implements BlockDevice {
   /** Stops accepting mutating calls and waits for those in flight. */
   async drain(): Promise<void> {
     if (!this.closing) this.closing = Promise.resolve();
+    this.resume(); // held calls fail as closed
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
   }
 

@@ -4,6 +4,7 @@
  */
 import { BlockDevice } from '../common/block/device';
 import { Logger } from '../common/log';
+import { Welcome } from '../proto/codec';
 import { BackoffPolicy, LinkState } from './hub-link';
 import { IdentityStore, VolumeIdentity } from './identity';
 import { ReferenceLogWriter } from './reference-log';
@@ -41,6 +42,14 @@ export interface ReplicatorOptions {
   highWaterMark?: number;
 }
 
+/** The failback side of a session (agent/failback.ts). */
+export interface FailbackParticipant {
+  /** Welcome said 'failback': roll the volume over; resolves with the generation to resume at. */
+  run(welcome: Welcome, signal: AbortSignal): Promise<{ generation: number; durableEpoch: number; durableSeq: number }>;
+  /** Any other Welcome: settle what an interrupted failback left behind. */
+  onNormalWelcome(welcome: Welcome): Promise<void>;
+}
+
 export interface ResyncProgress {
   active: boolean;
   full: boolean;
@@ -73,4 +82,5 @@ export type ReplicationEvent =
   | { type: 'resync-start'; volume: string; resyncId: number; full: boolean; totalBytes: number }
   | { type: 'resync-progress'; volume: string; resyncId: number; doneBytes: number; totalBytes: number }
   | { type: 'resync-end'; volume: string; resyncId: number; epoch: number }
-  | { type: 'ack'; volume: string; epoch: number; seq: number; dirtyBytes: number };
+  | { type: 'ack'; volume: string; epoch: number; seq: number; dirtyBytes: number }
+  | { type: 'failback'; volume: string; phase: 'start' | 'done'; generation: number };

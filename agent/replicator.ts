@@ -20,16 +20,19 @@
  * - On disconnect nothing is replayed: awaiting regions go to resend, sync
  *   waiters resolve ('degrade') or fail ('fail-writes'); the next Welcome
  *   starts a new ResyncBegin that extends the hub's open group.
+ * - A Welcome with sync mode 'failback' first hands the session to the
+ *   failback participant (agent/failback.ts); when it finishes, the session
+ *   goes on as a RESUME at the generation the failback adopted.
  */
 import { EventEmitter } from 'node:events';
 import { crc32c } from '../common/nvme-tcp/crc32c';
 import { ReplError } from '../common/errors';
 import { PROTOCOL_VERSION, SealReason, Welcome, WriteKind, WriteOrigin } from '../proto/codec';
 import { HubLink } from './hub-link';
-import { ReplicationEvent, ReplicationStatus, ReplicatorOptions, ResyncProgress } from './replicator-types';
+import { FailbackParticipant, ReplicationEvent, ReplicationStatus, ReplicatorOptions, ResyncProgress } from './replicator-types';
 import { ResyncPiece, runResync, TokenBucket } from './resync';
 
-export type { AckMode, LinkFailurePolicy, ReplicationEvent, ReplicationStatus, ReplicatorOptions, ResyncProgress } from './replicator-types';
+export type { AckMode, FailbackParticipant, LinkFailurePolicy, ReplicationEvent, ReplicationStatus, ReplicatorOptions, ResyncProgress } from './replicator-types';
 
 /** Sequence/epoch numbers reserved in identity.json above what a session uses. */
 const RESERVE = 1 << 24;
@@ -67,6 +70,7 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
   private progress: ResyncProgress | null = null;
   private readonly maxRecord: number;
   private closed = false;
+  private failback: FailbackParticipant | null = null;
 
   constructor(private readonly o: ReplicatorOptions) {
     super();
@@ -114,6 +118,11 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
 
   start(): void {
     this.link.start();
+  }
+
+  /** Wires the failback participant (agent.ts; it needs this.link, hence not a constructor option). */
+  setFailback(participant: FailbackParticipant): void {
+    this.failback = participant;
   }
 
   // ---- filter-facing API -------------------------------------------------
@@ -212,11 +221,21 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
 
   // ---- session lifecycle -------------------------------------------------
 
-  private async onWelcome(w: Welcome): Promise<void> {
+  private async onWelcome(welcome: Welcome): Promise<void> {
     const s: Session = { id: ++this.sessions, abort: new AbortController(), groupOpen: false, started: false };
     this.session = s;
     const id = this.o.identity;
+    let w = welcome;
     try {
+      if (w.syncMode === 'failback') {
+        if (!this.failback) throw ReplError.invalid('the hub asked for a failback but this replicator has no failback participant');
+        this.emitEvent({ type: 'failback', volume: id.name, phase: 'start', generation: w.generation });
+        const r = await this.failback.run(w, s.abort.signal);
+        this.emitEvent({ type: 'failback', volume: id.name, phase: 'done', generation: r.generation });
+        w = { ...w, syncMode: 'resume', generation: r.generation, durableEpoch: r.durableEpoch, durableSeq: r.durableSeq, resyncOpen: false };
+      } else {
+        await this.failback?.onNormalWelcome(w);
+      }
       if (w.syncMode === 'full') {
         // bits first (stamped with the new generation), then identity: a crash in
         // between still resends everything (see identity.ts / bitmap-store.ts)
@@ -237,8 +256,9 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
       return;
     }
     if (this.session !== s || !this.link.streaming) return;
-    this.emitEvent({ type: 'connected', volume: id.name, generation: w.generation, syncMode: w.syncMode });
-    this.beginGroup(s, w.syncMode === 'full');
+    const full = w.syncMode === 'full';
+    this.emitEvent({ type: 'connected', volume: id.name, generation: w.generation, syncMode: full ? 'full' : 'resume' });
+    this.beginGroup(s, full);
     this.exitAhead('session started');
     this.statusTimer = setInterval(() => this.sendStatus(), this.o.statusIntervalMs ?? 500);
     this.sendStatus();

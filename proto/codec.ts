@@ -16,7 +16,7 @@ export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 
 export type WriteKind = 'data' | 'zeroes' | 'trim';
 export type WriteOrigin = 'live' | 'resync';
-export type SyncMode = 'resume' | 'full';
+export type SyncMode = 'resume' | 'full' | 'failback';
 export type SealReason = 'timer' | 'flush' | 'fua' | 'resync-end' | 'shutdown';
 export type RefuseCode =
   | 'unspecified'
@@ -99,6 +99,43 @@ export interface Ack {
   durableEpoch: number;
   durableSeq: number;
 }
+export interface FailbackRange {
+  offset: number;
+  length: number;
+}
+export interface FailbackDirty {
+  ranges: FailbackRange[];
+  last: boolean;
+}
+export interface FailbackAck {
+  appliedBytes: number;
+}
+export interface FailbackApplied {
+  generation: number;
+  appliedBytes: number;
+}
+export interface FailbackBegin {
+  totalBytes: number;
+}
+export interface FailbackData {
+  offset: number;
+  length: number;
+  kind: WriteKind;
+  /** Present (length bytes) only for kind 'data'. */
+  data: Buffer;
+  crc32c: number;
+}
+export interface FailbackEnd {
+  generation: number;
+  shippedBytes: number;
+}
+export interface FailbackDone {
+  generation: number;
+  durableEpoch: number;
+  durableSeq: number;
+}
+/** Most ranges one FailbackDirty may carry (keeps the message far below MAX_MESSAGE_BYTES). */
+export const MAX_FAILBACK_RANGES = 65536;
 
 export type AgentMessage =
   | { type: 'hello'; hello: Hello }
@@ -107,13 +144,25 @@ export type AgentMessage =
   | { type: 'resyncBegin'; resyncBegin: ResyncBegin }
   | { type: 'resyncEnd'; resyncEnd: ResyncEnd }
   | { type: 'status'; status: AgentStatus }
-  | { type: 'goodbye'; goodbye: Goodbye };
+  | { type: 'goodbye'; goodbye: Goodbye }
+  | { type: 'failbackDirty'; failbackDirty: FailbackDirty }
+  | { type: 'failbackAck'; failbackAck: FailbackAck }
+  | { type: 'failbackApplied'; failbackApplied: FailbackApplied };
 
 export type HubMessage =
   | { type: 'welcome'; welcome: Welcome }
   | { type: 'refuse'; refuse: Refuse }
   | { type: 'ack'; ack: Ack }
-  | { type: 'goodbye'; goodbye: Goodbye };
+  | { type: 'goodbye'; goodbye: Goodbye }
+  | { type: 'failbackBegin'; failbackBegin: FailbackBegin }
+  | { type: 'failbackData'; failbackData: FailbackData }
+  | { type: 'failbackEnd'; failbackEnd: FailbackEnd }
+  | { type: 'failbackDone'; failbackDone: FailbackDone };
+
+/** The hub -> agent messages of a failback (agent/failback.ts consumes them). */
+export type HubFailbackMessage = Extract<HubMessage, { type: 'failbackBegin' | 'failbackData' | 'failbackEnd' | 'failbackDone' }>;
+/** The agent -> hub messages of a failback (hub/failback.ts consumes them). */
+export type AgentFailbackMessage = Extract<AgentMessage, { type: 'failbackDirty' | 'failbackAck' | 'failbackApplied' }>;
 
 // ---- schema loading -------------------------------------------------------
 
@@ -134,7 +183,7 @@ const HubMessageType = root.lookupType('blockrep.v1.HubMessage');
 const ENUMS = {
   'blockrep.v1.WriteKind': ['data', 'zeroes', 'trim'],
   'blockrep.v1.WriteOrigin': ['live', 'resync'],
-  'blockrep.v1.SyncMode': ['resume', 'full'],
+  'blockrep.v1.SyncMode': ['resume', 'full', 'failback'],
   'blockrep.v1.SealReason': ['timer', 'flush', 'fua', 'resync-end', 'shutdown'],
   'blockrep.v1.RefuseCode': [
     'unspecified',
@@ -172,7 +221,17 @@ function fromMessage(type: protobuf.Type, msg: protobuf.Message | Plain): Plain 
     if (field.partOf) continue; // oneof members are handled by the envelope
     const value = src[field.name];
     field.resolve();
-    if (field.resolvedType instanceof protobuf.Enum) {
+    if (field.repeated) {
+      // only repeated sub-messages are used (FailbackDirty.ranges)
+      const sub = field.resolvedType;
+      if (!(sub instanceof protobuf.Type)) throw ReplError.internal(`${field.name}: repeated scalars are not supported`);
+      const list = value === undefined || value === null ? [] : value;
+      if (!Array.isArray(list)) throw ReplError.protocol(`${field.name}: not a list`);
+      out[field.name] = list.map((item) => {
+        if (item === null || typeof item !== 'object') throw ReplError.protocol(`${field.name}: element is not a message`);
+        return fromMessage(sub, item as Plain);
+      });
+    } else if (field.resolvedType instanceof protobuf.Enum) {
       const names = ENUMS[field.resolvedType.fullName.replace(/^\./, '') as keyof typeof ENUMS];
       const n = typeof value === 'number' ? value : 0;
       const name = names?.[n];
@@ -203,7 +262,10 @@ function toMessage(type: protobuf.Type, value: Plain): Plain {
     const v = value[field.name];
     if (v === undefined) continue;
     field.resolve();
-    if (field.resolvedType instanceof protobuf.Enum) {
+    if (field.repeated && field.resolvedType instanceof protobuf.Type) {
+      const sub = field.resolvedType;
+      out[field.name] = (v as Plain[]).map((item) => toMessage(sub, item));
+    } else if (field.resolvedType instanceof protobuf.Enum) {
       const names = ENUMS[field.resolvedType.fullName.replace(/^\./, '') as keyof typeof ENUMS] as readonly string[];
       const n = names.indexOf(v as string);
       if (n < 0) throw ReplError.internal(`${field.name}: unknown enum name ${String(v)}`);
@@ -260,6 +322,18 @@ function validateWrite(w: Write): void {
   }
 }
 
+function validateFailbackData(d: FailbackData): void {
+  if (d.kind === 'data') {
+    if (d.data.length !== d.length) throw ReplError.protocol(`failback data at ${d.offset}: data length ${d.data.length} != ${d.length}`);
+  } else if (d.data.length !== 0) {
+    throw ReplError.protocol(`failback data at ${d.offset}: ${d.kind} record carries data`);
+  }
+}
+
+function validateFailbackDirty(d: FailbackDirty): void {
+  if (d.ranges.length > MAX_FAILBACK_RANGES) throw ReplError.protocol(`failback dirty set: ${d.ranges.length} ranges in one message`);
+}
+
 export function encodeAgentMessage(m: AgentMessage): Buffer {
   switch (m.type) {
     case 'hello':
@@ -276,6 +350,12 @@ export function encodeAgentMessage(m: AgentMessage): Buffer {
       return encodeEnvelope(AgentMessageType, 'status', m.status as unknown as Plain);
     case 'goodbye':
       return encodeEnvelope(AgentMessageType, 'goodbye', m.goodbye as unknown as Plain);
+    case 'failbackDirty':
+      return encodeEnvelope(AgentMessageType, 'failbackDirty', m.failbackDirty as unknown as Plain);
+    case 'failbackAck':
+      return encodeEnvelope(AgentMessageType, 'failbackAck', m.failbackAck as unknown as Plain);
+    case 'failbackApplied':
+      return encodeEnvelope(AgentMessageType, 'failbackApplied', m.failbackApplied as unknown as Plain);
   }
 }
 
@@ -299,6 +379,15 @@ export function decodeAgentMessage(buf: Buffer): AgentMessage {
       return { type, status: body as unknown as AgentStatus };
     case 'goodbye':
       return { type, goodbye: body as unknown as Goodbye };
+    case 'failbackDirty': {
+      const failbackDirty = body as unknown as FailbackDirty;
+      validateFailbackDirty(failbackDirty);
+      return { type, failbackDirty };
+    }
+    case 'failbackAck':
+      return { type, failbackAck: body as unknown as FailbackAck };
+    case 'failbackApplied':
+      return { type, failbackApplied: body as unknown as FailbackApplied };
     default:
       throw ReplError.protocol(`unexpected agent message ${type}`);
   }
@@ -314,6 +403,14 @@ export function encodeHubMessage(m: HubMessage): Buffer {
       return encodeEnvelope(HubMessageType, 'ack', m.ack as unknown as Plain);
     case 'goodbye':
       return encodeEnvelope(HubMessageType, 'goodbye', m.goodbye as unknown as Plain);
+    case 'failbackBegin':
+      return encodeEnvelope(HubMessageType, 'failbackBegin', m.failbackBegin as unknown as Plain);
+    case 'failbackData':
+      return encodeEnvelope(HubMessageType, 'failbackData', m.failbackData as unknown as Plain);
+    case 'failbackEnd':
+      return encodeEnvelope(HubMessageType, 'failbackEnd', m.failbackEnd as unknown as Plain);
+    case 'failbackDone':
+      return encodeEnvelope(HubMessageType, 'failbackDone', m.failbackDone as unknown as Plain);
   }
 }
 
@@ -328,6 +425,17 @@ export function decodeHubMessage(buf: Buffer): HubMessage {
       return { type, ack: body as unknown as Ack };
     case 'goodbye':
       return { type, goodbye: body as unknown as Goodbye };
+    case 'failbackBegin':
+      return { type, failbackBegin: body as unknown as FailbackBegin };
+    case 'failbackData': {
+      const failbackData = body as unknown as FailbackData;
+      validateFailbackData(failbackData);
+      return { type, failbackData };
+    }
+    case 'failbackEnd':
+      return { type, failbackEnd: body as unknown as FailbackEnd };
+    case 'failbackDone':
+      return { type, failbackDone: body as unknown as FailbackDone };
     default:
       throw ReplError.protocol(`unexpected hub message ${type}`);
   }

@@ -6,6 +6,7 @@ import {
   encodeAgentMessage,
   encodeHubMessage,
   HubMessage,
+  MAX_FAILBACK_RANGES,
 } from '../../../proto/codec';
 
 const u64 = fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER });
@@ -68,6 +69,62 @@ describe('replication codec', () => {
     for (const m of msgs) expect(decodeHubMessage(encodeHubMessage(m))).toEqual(m);
   });
 
+  test('failback messages round trip (both directions)', () => {
+    const range = fc.record({ offset: u64, length: u64 });
+    fc.assert(
+      fc.property(fc.array(range, { maxLength: 50 }), fc.boolean(), u64, u64, (ranges, last, a, b) => {
+        const agent: AgentMessage[] = [
+          { type: 'failbackDirty', failbackDirty: { ranges, last } },
+          { type: 'failbackAck', failbackAck: { appliedBytes: a } },
+          { type: 'failbackApplied', failbackApplied: { generation: b, appliedBytes: a } },
+        ];
+        for (const m of agent) expect(decodeAgentMessage(encodeAgentMessage(m))).toEqual(m);
+        const hub: HubMessage[] = [
+          { type: 'failbackBegin', failbackBegin: { totalBytes: a } },
+          { type: 'failbackEnd', failbackEnd: { generation: b, shippedBytes: a } },
+          { type: 'failbackDone', failbackDone: { generation: b, durableEpoch: a, durableSeq: b } },
+        ];
+        for (const m of hub) expect(decodeHubMessage(encodeHubMessage(m))).toEqual(m);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  test('failback data round trip; zeroes carry no data', () => {
+    fc.assert(
+      fc.property(u64, fc.uint8Array({ maxLength: 4096 }), (off, data) => {
+        const m: HubMessage = {
+          type: 'failbackData',
+          failbackData: { offset: off, length: data.length, kind: 'data', data: Buffer.from(data), crc32c: 7 },
+        };
+        expect(decodeHubMessage(encodeHubMessage(m))).toEqual(m);
+      }),
+    );
+    const z: HubMessage = { type: 'failbackData', failbackData: { offset: 4096, length: 1 << 20, kind: 'zeroes', data: Buffer.alloc(0), crc32c: 0 } };
+    expect(decodeHubMessage(encodeHubMessage(z))).toEqual(z);
+    const w: HubMessage = {
+      type: 'welcome',
+      welcome: { protocolVersion: 1, hubId: 'h', generation: 4, syncMode: 'failback', durableEpoch: 3, durableSeq: 9, resyncOpen: false },
+    };
+    expect(decodeHubMessage(encodeHubMessage(w))).toEqual(w);
+  });
+
+  test('failback: bad data length, data on zeroes and oversized dirty lists are E_PROTOCOL', () => {
+    const short = encodeHubMessage({
+      type: 'failbackData',
+      failbackData: { offset: 0, length: 10, kind: 'data', data: Buffer.alloc(3), crc32c: 0 },
+    });
+    expect(() => decodeHubMessage(short)).toThrow(expect.objectContaining({ code: 'E_PROTOCOL' }));
+    const zeroWithData = encodeHubMessage({
+      type: 'failbackData',
+      failbackData: { offset: 0, length: 3, kind: 'zeroes', data: Buffer.alloc(3), crc32c: 0 },
+    });
+    expect(() => decodeHubMessage(zeroWithData)).toThrow(expect.objectContaining({ code: 'E_PROTOCOL' }));
+    const ranges = Array.from({ length: MAX_FAILBACK_RANGES + 1 }, (_, i) => ({ offset: i * 2, length: 1 }));
+    const many = encodeAgentMessage({ type: 'failbackDirty', failbackDirty: { ranges, last: true } });
+    expect(() => decodeAgentMessage(many)).toThrow(expect.objectContaining({ code: 'E_PROTOCOL' }));
+  });
+
   test('rejects empty envelope, bad data length and garbage with E_PROTOCOL', () => {
     expect(() => decodeAgentMessage(Buffer.alloc(0))).toThrow(expect.objectContaining({ code: 'E_PROTOCOL' }));
     const bad = encodeAgentMessage({
@@ -82,9 +139,17 @@ describe('replication codec', () => {
       type: 'seal',
       seal: { epoch: 3, lastSeq: 10, timeMs: 5, reason: 'flush' },
     });
+    const dirtySeed = encodeAgentMessage({
+      type: 'failbackDirty',
+      failbackDirty: { ranges: [{ offset: 0, length: 65536 }, { offset: 1 << 20, length: 131072 }], last: true },
+    });
+    const dataSeed = encodeHubMessage({
+      type: 'failbackData',
+      failbackData: { offset: 8192, length: 8, kind: 'data', data: Buffer.from('abcdefgh'), crc32c: 1 },
+    });
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 256 }), fc.array(fc.tuple(fc.nat(), fc.nat(255)), { maxLength: 8 }), (rand, muts) => {
-        for (const input of [Buffer.from(rand), mutate(seed, muts)]) {
+        for (const input of [Buffer.from(rand), mutate(seed, muts), mutate(dirtySeed, muts), mutate(dataSeed, muts)]) {
           for (const dec of [decodeAgentMessage, decodeHubMessage]) {
             try {
               dec(input);
