@@ -9,9 +9,10 @@
  * max(1 MiB, the volume's regionSize) bytes, the last region short, computed
  * by reading the view's BlockDevice (overlay or read-only base) directly, not
  * through an export. Reads stream through a few regions at a time (at most
- * CHECKSUM_PARALLEL x 4 MiB in memory), never the whole volume; an all-zero
- * region (the common case of sparse volumes) is recognised by a memcmp and
- * gets the cached digest of zeroes instead of being hashed.
+ * CHECKSUM_PARALLEL x 4 MiB in memory), never the whole volume. All-zero
+ * regions (the common case of sparse volumes) get the cached digest of
+ * zeroes instead of being hashed: skipped without reading when the device's
+ * extents() says the region reads as zeroes, else recognised by a memcmp.
  */
 import { createHash } from 'node:crypto';
 import type * as http from 'node:http';
@@ -139,7 +140,14 @@ export async function regionChecksums(device: BlockDevice, regionSize: number): 
     }
     return d;
   };
+  const knownZero = async (offset: number, length: number): Promise<boolean> => {
+    if (!device.extents) return false;
+    const ext = await device.extents(offset, length);
+    const covered = ext.reduce((n, e) => n + (e.zero ? e.length : 0), 0);
+    return covered === length && ext.every((e) => e.zero);
+  };
   const hashRegion = async (offset: number, length: number): Promise<string> => {
+    if (await knownZero(offset, length)) return zeroDigest(length);
     const hash = createHash('sha256');
     let zeroPrefix = 0; // leading all-zero bytes read but not hashed yet
     for (let done = 0; done < length; ) {

@@ -307,7 +307,7 @@ export class ViewManager {
 
   list(volume?: string): ViewJson[] {
     return [...this.views.values()]
-      .filter((v) => volume === undefined || v.record.volume === volume)
+      .filter((v) => !v.discarding && (volume === undefined || v.record.volume === volume))
       .sort((a, b) => a.record.createdMs - b.record.createdMs || a.record.id.localeCompare(b.record.id))
       .map((v) => this.json(v));
   }
@@ -358,7 +358,7 @@ export class ViewManager {
     return false;
   }
 
-  json(v: LiveView): ViewJson {
+  private json(v: LiveView): ViewJson {
     const { record, identity } = v;
     const ep = this.options.endpoints();
     const host = ep.nbd ? (ep.nbd.host.includes(':') ? `[${ep.nbd.host}]` : ep.nbd.host) : '';

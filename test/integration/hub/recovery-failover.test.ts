@@ -132,6 +132,21 @@ describe('failover', () => {
     expect(fs.existsSync(path.join(tmp.path, 'views', test.id))).toBe(false);
   });
 
+  it('refuses a forced full sync (replica re-creation) while views of the volume are open', async () => {
+    const r = await startHub(tmp.path);
+    const a = await pairAgent(r, { volumeSize: SIZE });
+    await writeAndSeal(a, [{ offset: 0, data: fill(4 * KiB, 0xa1) }]);
+    const view = (await api(r.ports.httpPort, 'POST', '/v1/views', { volume: 'vol1' })).body;
+    await a.close();
+    const other = await connectAgent(r);
+    const hello = makeHello({ volumeSize: SIZE, volumeUuid: 'uuid-new', forceFullSync: true });
+    expect((await other.hello(hello)).refuse?.code).toBe('busy');
+    expect(await readByte(r, view.id, 0)).toBe(0xa1);
+    expect((await api(r.ports.httpPort, 'DELETE', `/v1/views/${view.id}`)).status).toBe(200);
+    const third = await connectAgent(r);
+    expect((await third.hello(hello)).welcome?.syncMode).toBe('full');
+  });
+
   it('removes a view directory whose creation never finished', async () => {
     fs.mkdirSync(path.join(tmp.path, 'views', 'vol1-test-abcdef'), { recursive: true });
     fs.writeFileSync(path.join(tmp.path, 'views', 'vol1-test-abcdef', 'scratch.img'), 'x');
