@@ -20,6 +20,8 @@ export async function main(argv: string[]): Promise<number> {
     .option('listen', { type: 'string', default: '127.0.0.1:7400', describe: 'HTTP/WebSocket listener HOST:PORT (agents, repctl, /metrics)' })
     .option('data-dir', { type: 'string', default: './rephub-data', describe: 'journals, base images, metadata' })
     .option('nbd-listen', { type: 'string', default: '127.0.0.1:10810', describe: "NBD listener for replicas and views, or 'off'" })
+    .option('nvme-listen', { type: 'string', default: '127.0.0.1:4430', describe: "NVMe/TCP listener for recovery views, or 'off'" })
+    .option('advertise-address', { type: 'string', describe: 'address put in view NBD URIs and the NVMe discovery log (default: the listen host)' })
     .option('token-file', { type: 'string', describe: 'file holding the token agents must present' })
     .option('tls-cert', { type: 'string', describe: 'PEM certificate: serve https/wss' })
     .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert' })
@@ -47,6 +49,8 @@ export async function main(argv: string[]): Promise<number> {
     listen,
     dataDir: args['data-dir'],
     nbdListen: parseListen(args['nbd-listen'], '--nbd-listen'),
+    nvmeListen: parseListen(args['nvme-listen'], '--nvme-listen'),
+    advertiseAddress: args['advertise-address'],
     token: args['token-file'] ? readSecret(args['token-file'], '--token-file') : undefined,
     tls,
     retentionMs: parseDuration(args.retention, '--retention'),
@@ -56,10 +60,12 @@ export async function main(argv: string[]): Promise<number> {
   });
   const ports = await hub.start();
   const nbdListen = parseListen(args['nbd-listen'], '--nbd-listen');
+  const nvmeListen = parseListen(args['nvme-listen'], '--nvme-listen');
   const ready = {
     hubId: hub.status().hubId,
     http: { host: listen.host, port: ports.httpPort },
     nbd: nbdListen && ports.nbdPort !== null ? { host: nbdListen.host, port: ports.nbdPort } : null,
+    nvme: nvmeListen && ports.nvmePort !== null ? { host: nvmeListen.host, port: ports.nvmePort } : null,
   };
   process.stdout.write(`READY ${JSON.stringify(ready)}\n`);
   await new Promise<void>((resolve) => {
