@@ -307,6 +307,18 @@ export class ReplicaStore {
     }
   }
 
+  /**
+   * Byte ranges of the durable records after journal position `position`, in
+   * journal order (failback: what the replica received after a failover point;
+   * the point is pinned, so none of them is applied yet).
+   */
+  rangesAfter(position: number): { offset: number; length: number }[] {
+    return this.index
+      .recordsThrough(Number.MAX_SAFE_INTEGER)
+      .filter((r) => r.position > position)
+      .map((r) => ({ offset: r.offset, length: r.length }));
+  }
+
   /** Keeps the applier from moving the base past `position`; returns the release function. */
   pin(position: number): () => void {
     this.pins.set(position, (this.pins.get(position) ?? 0) + 1);

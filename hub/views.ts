@@ -99,6 +99,8 @@ export class ViewManager {
   private readonly views = new Map<string, LiveView>();
   /** Volumes with a failover in progress. */
   private readonly failingOver = new Set<string>();
+  /** Views unexported by freeze() (failback). */
+  private readonly frozen = new Set<string>();
   private readonly logger: Logger;
   private closing: Promise<void> | null = null;
 
@@ -278,6 +280,7 @@ export class ViewManager {
     } finally {
       await view.base.close();
       this.views.delete(view.record.id);
+      this.frozen.delete(view.record.id);
     }
   }
 
@@ -331,6 +334,34 @@ export class ViewManager {
   /** The overlay of a writable view (failback ships its changedRanges()). */
   overlay(id: string): Overlay | null {
     return this.live(id).overlay;
+  }
+
+  /** The recovery point a view shows (failback: what the replica received after it is rolled back too). */
+  pointOf(id: string): RecoveryPoint {
+    return this.live(id).record.point;
+  }
+
+  /**
+   * Failback hook (hub/failback.ts): stops serving a view (NBD export and NVMe
+   * subsystem removed, their connections closed; overlay flushed) so its
+   * content no longer changes while failback ships it. The device stays
+   * readable. thaw() exports it again (failback failed); a hub restart
+   * re-exports every view anyway.
+   */
+  async freeze(id: string): Promise<void> {
+    const v = this.live(id);
+    if (this.frozen.has(id)) return;
+    this.frozen.add(id);
+    const { identity } = v;
+    if (this.options.nbd?.hasExport(identity.exportName)) await this.options.nbd.removeExport(identity.exportName);
+    await this.options.nvme?.removeSubsystem(identity.nqn).catch(() => undefined); // absent: never added
+    await v.overlay?.flush();
+  }
+
+  thaw(id: string): void {
+    const v = this.live(id);
+    if (!this.frozen.delete(id)) return;
+    this.export(v);
   }
 
   regionSizeOf(id: string): number {
