@@ -143,7 +143,12 @@ describe('Linux kernel NVMe/TCP host across a repagent kill -9 and restart', () 
       const file = path.join(dir, 'v1.img');
 
       const hub = track(
-        await startBin('rephub', ['--listen', '127.0.0.1:0', '--data-dir', path.join(dir, 'hub'), '--nbd-listen', '127.0.0.1:0']),
+        await startBin('rephub', [
+          '--listen', '127.0.0.1:0',
+          '--data-dir', path.join(dir, 'hub'),
+          '--nbd-listen', '127.0.0.1:0',
+          '--nvme-listen', 'off',
+        ]),
       );
       const hubReady = hub.ready as { http: { port: number }; nbd: { port: number } };
       const hubUrl = `ws://127.0.0.1:${hubReady.http.port}`;
