@@ -13,7 +13,7 @@ import { NbdClient } from '../../common/nbd/client';
 import { parseSize, formatBytes } from '../../common/size';
 import { HubClient } from '../hub-client';
 import { startBin, stop } from '../procs';
-import { waitSynced } from './status';
+import { fetchVolume, VolumeStatusJson, waitSynced } from './status';
 import { runDrill } from './drill';
 
 export interface DemoOptions {
@@ -94,16 +94,29 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     say(`repagent pid ${agent.child.pid}: volume 'demo' (${formatBytes(size)})`);
     say(`  NVMe/TCP: nvme connect -t tcp -a ${agentReady.nvme.host} -s ${agentReady.nvme.port} -n ${agentReady.nqn}`);
     say(`  NBD:      qemu-io -f raw nbd://${agentReady.nbd.host}:${agentReady.nbd.port}/demo`);
-    const written = await writeWorkload(agentReady.nbd, size);
-    say(`wrote ${formatBytes(written)} through the agent's NBD export; waiting for the replica...`);
     const client = new HubClient({ baseUrl: `http://${hubReady.http.host}:${hubReady.http.port}` });
-    const v = await waitSynced(client, 'demo', 120000, (s) =>
-      say(
-        `  ${new Date().toISOString()} state=${s.state} durable-epoch=${s.durableEpoch} lag=${formatBytes(s.lagBytes)} ` +
-          `dirty=${formatBytes(s.agent?.dirtyBytes ?? 0)}` +
-          (s.resync?.active ? ` resync=${s.resync.percent.toFixed(1)}%` : ''),
-      ),
-    );
+    const line = (s: VolumeStatusJson): string =>
+      `  ${new Date().toISOString()} state=${s.state} durable-epoch=${s.durableEpoch} points=${s.recoveryPoints} ` +
+      `lag=${formatBytes(s.lagBytes)} rpo=${s.lagSeconds.toFixed(3)}s dirty=${formatBytes(s.agent?.dirtyBytes ?? 0)}` +
+      (s.resync?.active ? ` ${s.resync.full ? 'initial-sync' : 'resync'}=${s.resync.percent.toFixed(1)}%` : '');
+    // live status while the workload runs, twice a second
+    const ticker = setInterval(() => {
+      fetchVolume(client, 'demo').then((s) => say(line(s)), () => undefined);
+    }, 500);
+    let written: number;
+    try {
+      written = await writeWorkload(agentReady.nbd, size);
+    } finally {
+      clearInterval(ticker);
+    }
+    say(`wrote ${formatBytes(written)} through the agent's NBD export; waiting for the replica...`);
+    let lastPrint = 0;
+    const v = await waitSynced(client, 'demo', 120000, (s) => {
+      if (Date.now() - lastPrint >= 500 || s.synced) {
+        lastPrint = Date.now();
+        say(line(s));
+      }
+    });
     say(`replica in sync at epoch ${v.latestPoint?.epoch}; compare it yourself:`);
     say(`  qemu-img compare -f raw -F raw ${path.join(dir, 'demo.img')} nbd://127.0.0.1:${hubReady.nbd?.port}/demo`);
     say('running a recovery drill (test failover on a scratch overlay, verified against hub checksums)...');
