@@ -6,6 +6,10 @@
  * common history, so it gets a generation above anything either side has seen;
  * RESUME keeps the generation. force_full_sync overrides uuid, geometry and
  * stale-generation fencing (never busy or failed-over).
+ * A failed-over volume whose failback waits for its agent welcomes exactly
+ * that agent (same agent id, uuid and geometry) with sync mode 'failback' at
+ * the unchanged generation, whatever generation the agent presents: the
+ * failback ships the recovery side's content over anything the agent holds.
  */
 import * as crypto from 'node:crypto';
 import { Hello, PROTOCOL_VERSION, RefuseCode, SyncMode } from '../proto/codec';
@@ -17,6 +21,10 @@ export interface KnownVolume {
   blockSize: number;
   generation: number;
   failedOver: boolean;
+  /** Agent id of the volume's last session (failback admits only that agent). */
+  agentId?: string;
+  /** A failback waits for the agent (hub/failback.ts). */
+  failbackPending?: boolean;
 }
 
 export interface FencingInput {
@@ -75,7 +83,16 @@ export function decideHello(input: FencingInput): FencingDecision {
   if (problem) return refuse('invalid', problem);
   if (input.busy) return refuse('busy', `another agent streams volume ${hello.volumeName}`);
   if (!volume) return { action: 'welcome', mode: 'full', generation: 1, create: true, recreate: false };
-  if (volume.failedOver) return refuse('failed-over', `volume ${hello.volumeName} is failed over; wait for failback`);
+  if (volume.failedOver) {
+    if (volume.failbackPending) {
+      const same = volume.uuid === hello.volumeUuid && volume.agentId === hello.agentId;
+      if (same && volume.size === hello.volumeSize && volume.blockSize === hello.blockSize) {
+        return { action: 'welcome', mode: 'failback', generation: volume.generation, create: false, recreate: false };
+      }
+      return refuse('failed-over', `volume ${hello.volumeName} is failed over; failback waits for agent ${volume.agentId ?? '?'} with volume uuid ${volume.uuid}`);
+    }
+    return refuse('failed-over', `volume ${hello.volumeName} is failed over; wait for failback`);
+  }
   const next = Math.max(volume.generation, hello.generation) + 1;
   const force = hello.forceFullSync;
   if (volume.uuid !== hello.volumeUuid) {

@@ -9,13 +9,16 @@
  *        +--> NbdExporter --> NbdServer (latest recovery view of each volume)
  *        |
  *        +--> ViewManager (views.ts: test/failover views) --> NbdServer + NvmeTcpTarget
+ *        +--> FailbackManager (failback.ts: ships the recovery side's delta back)
  *             recovery API (recovery-api.ts), LagHistory (lag-history.ts)
  *
  * Data directory: hub.json ({hubId}), hub.lock (pid of the running hub; a
  * stale lock of a dead process is taken over), volumes/<name>/ (see
- * replica-store.ts), views/<id>/ (see views.ts).
+ * replica-store.ts), views/<id>/ (see views.ts), failback/<volume>.json
+ * (see failback.ts).
  * Start order: volumes, then views (their pins are in place before the first
- * retention pass), then the listeners.
+ * retention pass), then failback records (an interrupted commit finishes),
+ * then the listeners.
  * Stop order (style rule 16): stop accepting (HTTP listener, NBD server,
  * retention timer) -> drain (close agent sessions and wait for them) ->
  * flush/persist (each store drains its journal, finishes a running apply,
@@ -36,6 +39,7 @@ import { LagHistory } from './lag-history';
 import { HubMetrics } from './metrics';
 import { DEFAULT_RETENTION } from './retention';
 import { registerRecoveryRoutes } from './recovery-api';
+import { FailbackManager, registerFailbackRoutes } from './failback';
 import { HubServer, RouteHandler } from './server';
 import { AgentSession } from './session';
 import { VolumeStatus } from './status';
@@ -98,6 +102,8 @@ export interface Hub {
   readonly nvme: NvmeTcpTarget | null;
   /** Recovery views (test and failover). */
   readonly views: ViewManager;
+  /** Failback of failed-over volumes. */
+  readonly failback: FailbackManager;
   /** Adds a JSON route to the hub's HTTP server. */
   route(method: string, pattern: RegExp, handler: RouteHandler): void;
 }
@@ -114,6 +120,7 @@ class HubImpl implements Hub {
   readonly nbd: NbdServer | null;
   readonly nvme: NvmeTcpTarget | null;
   readonly views: ViewManager;
+  readonly failback: FailbackManager;
   private readonly lag: LagHistory;
   private readonly endpoints: { nbd: Endpoint | null; nvme: Endpoint | null } = { nbd: null, nvme: null };
   private readonly server: HubServer;
@@ -166,6 +173,8 @@ class HubImpl implements Hub {
       logger: this.logger,
     });
     this.volumes.setViewInfo(this.views);
+    this.failback = new FailbackManager({ dataDir: config.dataDir, volumes: this.volumes, views: this.views, logger: this.logger });
+    this.volumes.setFailback(this.failback);
     this.lag = new LagHistory({
       source: () => this.volumes.statuses(),
       intervalMs: config.lagSampleIntervalMs,
@@ -183,6 +192,7 @@ class HubImpl implements Hub {
     });
     this.registerRoutes();
     registerRecoveryRoutes(this, { volumes: this.volumes, views: this.views, lag: this.lag });
+    registerFailbackRoutes(this, this.failback);
   }
 
   route(method: string, pattern: RegExp, handler: RouteHandler): void {
@@ -233,6 +243,7 @@ class HubImpl implements Hub {
     try {
       await this.volumes.open();
       await this.views.open();
+      await this.failback.open(); // finishes an interrupted failback commit before any agent can connect
       const { nbdListen, nvmeListen, advertiseAddress } = this.config;
       const nbdPort = this.nbd && nbdListen ? (await this.nbd.listen(nbdListen.host, nbdListen.port)).port : null;
       if (nbdListen && nbdPort !== null) this.endpoints.nbd = { host: advertiseHost(advertiseAddress, nbdListen.host), port: nbdPort };
@@ -265,6 +276,7 @@ class HubImpl implements Hub {
       await this.nbd?.close();
       await this.nvme?.close();
       // 2. drain: end agent sessions (their appends stay queued in the journals)
+      this.failback.close();
       await this.server.closeAgents();
       for (const s of this.volumes.sessions()) s.close(1001, 'hub stopping');
       // views read through the stores: close them (overlays flushed, files kept) first

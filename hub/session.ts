@@ -20,13 +20,19 @@
  * max(own counter, Welcome.durable_seq + 1)).
  * Backpressure: while more than HIGH_WATER payload bytes wait for the journal
  * the socket is paused (TCP pushes back on the agent), resumed below LOW_WATER.
+ * Failback: a session welcomed with sync mode 'failback' carries a
+ * FailbackDriver (hub/failback-session.ts) that gets the agent's failback
+ * messages; any other record before endFailback() is a protocol violation.
+ * After endFailback() the session streams like any RESUME session.
  */
 import { ReplError } from '../common/errors';
 import { Logger } from '../common/log';
 import { crc32c } from '../common/nvme-tcp/crc32c';
 import {
+  AgentFailbackMessage,
   AgentMessage,
   AgentStatus,
+  HubMessage,
   Hello,
   RefuseCode,
   ResyncBegin,
@@ -60,9 +66,15 @@ export interface SessionTransport {
   resume(): void;
 }
 
+/** Receives a failback session's agent messages (hub/failback-session.ts). */
+export interface FailbackDriver {
+  onMessage(msg: AgentFailbackMessage): void;
+  onClosed(reason: string): void;
+}
+
 export type Admission =
   | { kind: 'refuse'; code: RefuseCode; message: string }
-  | { kind: 'welcome'; welcome: Welcome; store: ReplicaStore };
+  | { kind: 'welcome'; welcome: Welcome; store: ReplicaStore; failback?: FailbackDriver };
 
 export interface SessionObserver {
   record(volume: string, type: string, bytes: number): void;
@@ -103,6 +115,7 @@ export class AgentSession {
   private lastSealEpoch = -1;
   private lastWriteEpoch = 0;
   private paused = false;
+  private failback: FailbackDriver | null = null;
   agentStatus: AgentStatus | null = null;
   statusAtMs: number | null = null;
   resync: ResyncProgress | null = null;
@@ -156,6 +169,9 @@ export class AgentSession {
     if (this.stateValue === 'closed') return;
     if (this.stateValue !== 'closing') this.transition('closing', `transport closed ${code} ${reason}`);
     this.transition('closed', 'transport closed');
+    const failback = this.failback;
+    this.failback = null;
+    failback?.onClosed(`closed ${code} ${reason}`);
     if (this.storeRef) this.host.release(this);
     this.logger.info({ code, reason }, 'agent disconnected');
   }
@@ -187,9 +203,22 @@ export class AgentSession {
     );
   }
 
+  /** Sends a hub message on the streaming session (failback driver). */
+  send(m: HubMessage): void {
+    if (this.stateValue === 'streaming') this.transport.send(encodeHubMessage(m));
+  }
+
+  /** The failback finished: from now on the session takes ordinary records. */
+  endFailback(): void {
+    this.failback = null;
+  }
+
   private onAdmission(a: Admission): void {
     if (this.stateValue !== 'handshake') {
-      if (a.kind === 'welcome') this.host.release(this);
+      if (a.kind === 'welcome') {
+        a.failback?.onClosed('session closed during admission');
+        this.host.release(this);
+      }
       return;
     }
     if (a.kind === 'refuse') {
@@ -202,12 +231,18 @@ export class AgentSession {
     const hello = this.helloValue!;
     this.lastSeq = hello.nextSeq - 1;
     this.lastSealEpoch = hello.nextEpoch - 1;
+    this.failback = a.failback ?? null;
     this.transition('streaming', 'welcomed');
     this.transport.send(encodeHubMessage({ type: 'welcome', welcome: a.welcome }));
     this.logger.info({ mode: a.welcome.syncMode, generation: a.welcome.generation }, 'agent welcomed');
   }
 
   private dispatch(msg: AgentMessage): void {
+    if (msg.type === 'failbackDirty' || msg.type === 'failbackAck' || msg.type === 'failbackApplied') {
+      if (!this.failback) throw ReplError.protocol(`${msg.type} outside a failback`);
+      return this.failback.onMessage(msg);
+    }
+    if (this.failback && msg.type !== 'status' && msg.type !== 'goodbye') throw ReplError.protocol(`${msg.type} during a failback`);
     switch (msg.type) {
       case 'write':
         return this.onWrite(msg.write);

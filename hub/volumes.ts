@@ -21,7 +21,7 @@ import { decideHello } from './fencing';
 import { HubMetrics } from './metrics';
 import { RecoveryVolume } from './recovery-volume';
 import { ReplicaStore, ReplicaStoreOptions } from './replica-store';
-import { Admission, AgentSession, ResyncProgress, SessionHost } from './session';
+import { Admission, AgentSession, FailbackDriver, ResyncProgress, SessionHost } from './session';
 import { VolumeStatus, buildVolumeStatus } from './status';
 import { VOLUME_NAME_RE, VolumeMeta } from './volume-meta';
 
@@ -36,6 +36,14 @@ export interface ViewInfo {
   failoverViewOf(volume: string): string | null;
   hasViews(volume: string): boolean;
   retentionBlocked(volume: string): boolean;
+}
+
+/** Failback admission (hub/failback.ts; set by the hub). */
+export interface FailbackHook {
+  /** A failback waits for this volume's agent. */
+  pending(volume: string): boolean;
+  /** The agent was welcomed with sync mode 'failback': the driver of its session. */
+  attach(volume: string, session: AgentSession): FailbackDriver;
 }
 
 /** How long setFailedOver waits for the fenced session to go away. */
@@ -69,6 +77,7 @@ export class VolumeRegistry implements SessionHost {
   private readonly broken = new Map<string, string>();
   private readonly logger: Logger;
   private viewInfo: ViewInfo | null = null;
+  private failbackHook: FailbackHook | null = null;
 
   constructor(private readonly options: VolumeRegistryOptions) {
     this.logger = options.logger;
@@ -101,6 +110,10 @@ export class VolumeRegistry implements SessionHost {
 
   setViewInfo(info: ViewInfo): void {
     this.viewInfo = info;
+  }
+
+  setFailback(hook: FailbackHook): void {
+    this.failbackHook = hook;
   }
 
   /**
@@ -168,7 +181,15 @@ export class VolumeRegistry implements SessionHost {
       token: this.options.token,
       busy,
       volume: meta
-        ? { uuid: meta.uuid, size: meta.size, blockSize: meta.blockSize, generation: meta.generation, failedOver: meta.flags.failedOver }
+        ? {
+            uuid: meta.uuid,
+            size: meta.size,
+            blockSize: meta.blockSize,
+            generation: meta.generation,
+            failedOver: meta.flags.failedOver,
+            agentId: meta.agentId,
+            failbackPending: meta.flags.failedOver && (this.failbackHook?.pending(name) ?? false),
+          }
         : null,
     });
     if (decision.action === 'welcome' && this.broken.has(name)) {
@@ -202,9 +223,11 @@ export class VolumeRegistry implements SessionHost {
       current.agent = null;
       current.progress = null;
       const store = current.store;
+      const failback = decision.mode === 'failback' ? this.failbackHook!.attach(name, session) : undefined;
       return {
         kind: 'welcome',
         store,
+        failback,
         welcome: {
           protocolVersion: PROTOCOL_VERSION,
           hubId: this.options.hubId,
