@@ -11,7 +11,8 @@
  * - One loop (single flight): start()/ensureConnected() never open a second
  *   socket. The delay comes from the pure backoff(attempt); the attempt counter
  *   resets only after a Welcome. A Refuse is logged, kept for status(), and
- *   followed by the long refuseBackoffMs.
+ *   followed by the long refuseBackoffMs (at most FAILED_OVER_RETRY_MS after
+ *   a 'failed-over' refusal: failback starts when the agent asks again).
  * - Heartbeat: a WebSocket ping every heartbeatIntervalMs; maxMissedPongs
  *   missed pongs -> ws.terminate() (not close(): a dead peer never answers).
  * - Send queue: messages are encoded on send(); they go to the socket while
@@ -53,6 +54,9 @@ export interface BackoffPolicy {
   /** Fraction of the delay randomised either way (0.2 = ±20%). */
   jitter: number;
 }
+
+/** Retry delay after a 'failed-over' refusal (a failback waits for the agent to ask). */
+export const FAILED_OVER_RETRY_MS = 5000;
 
 export const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 500, maxMs: 30_000, factor: 2, jitter: 0.2 };
 
@@ -257,7 +261,11 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
       const outcome = await this.session();
       if (this.abort.signal.aborted) break;
       let delay: number;
-      if (outcome === 'refused') delay = this.options.refuseBackoffMs ?? 30_000;
+      if (outcome === 'refused') {
+        delay = this.options.refuseBackoffMs ?? 30_000;
+        // failed over: an operator's failback may be waiting for us; ask again soon
+        if (this.lastRefuse?.code === 'failed-over') delay = Math.min(delay, FAILED_OVER_RETRY_MS);
+      }
       else delay = backoff(this.attempt++, this.options.random, this.options.backoffPolicy);
       this.transition('backoff', `${outcome}; retry in ${delay} ms`);
       try {
