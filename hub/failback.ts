@@ -72,6 +72,7 @@ const COMMIT_BATCH_BYTES = 16 * 1024 * 1024;
 export class FailbackManager implements ShipperHost {
   private readonly records = new Map<string, FailbackRecord>();
   private readonly shippers = new Map<string, FailbackShipper>();
+  private readonly writes = new Map<string, Promise<void>>();
   private readonly logger: Logger;
   private closed = false;
 
@@ -250,7 +251,7 @@ export class FailbackManager implements ShipperHost {
       await this.rebase(store, rec.viewId);
       await store.updateMeta({ generation: rec.generation, flags: { failedOver: false } });
     }
-    await writeFailbackRecord(this.o.dataDir, { ...rec, state: 'done', finishedMs: Date.now() });
+    await this.persist(rec, { state: 'done', finishedMs: Date.now() });
     if (this.o.views.failoverViewOf(rec.volume) === rec.viewId) await this.o.views.discard(rec.viewId, { allowFailover: true });
     return { durableEpoch: store.durableEpoch, durableSeq: store.durableSeq };
   }
@@ -302,8 +303,13 @@ export class FailbackManager implements ShipperHost {
     return rec;
   }
 
-  private persist(rec: FailbackRecord): Promise<void> {
-    return writeFailbackRecord(this.o.dataDir, rec);
+  /** Writes a snapshot of `rec` (+ patch); writes of one volume are serialised (they share a tmp file). */
+  private persist(rec: FailbackRecord, patch: Partial<FailbackRecord> = {}): Promise<void> {
+    const snapshot = { ...rec, ...patch };
+    const prev = this.writes.get(rec.volume) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(() => writeFailbackRecord(this.o.dataDir, snapshot));
+    this.writes.set(rec.volume, next);
+    return next;
   }
 
   private async markFailed(rec: FailbackRecord, reason: string): Promise<void> {
