@@ -31,8 +31,7 @@ import { BlockDevice } from '../common/block/device';
 import { ReplError } from '../common/errors';
 import { Logger } from '../common/log';
 import { crc32c } from '../common/nvme-tcp/crc32c';
-import { FailbackRange, HubFailbackMessage, MAX_FAILBACK_RANGES, Welcome } from '../proto/codec';
-import { HubLink } from './hub-link';
+import { AgentMessage, FailbackRange, HubFailbackMessage, MAX_FAILBACK_RANGES, Welcome } from '../proto/codec';
 import { IdentityStore, VolumeIdentity, writeJsonAtomic } from './identity';
 import { RegionState } from './region-state';
 
@@ -69,8 +68,15 @@ export interface FailbackClientOptions {
   identityStore: IdentityStore;
   persistBitmap(): Promise<void>;
   gate: InitiatorGate;
-  link: Pick<HubLink, 'send' | 'on' | 'off'>;
+  link: FailbackLink;
   logger: Logger;
+}
+
+/** The part of the HubLink the client uses. */
+export interface FailbackLink {
+  send(m: AgentMessage): boolean;
+  on(event: 'failback', listener: (m: HubFailbackMessage) => void): unknown;
+  off(event: 'failback', listener: (m: HubFailbackMessage) => void): unknown;
 }
 
 export function readFailbackMarker(dir: string): FailbackMarker | null {
