@@ -5,8 +5,14 @@
  * mutating call whose range overlaps its own, and only those. Disjoint writes
  * run concurrently.
  *
+ * A caller that can finish an op synchronously (an inline pwrite) asks
+ * overlaps() first: with no overlapping op in flight it may run the op at once
+ * without registering it, because nothing submitted later can overtake an op
+ * that is already complete.
+ *
  * Cost: a linear scan of the in-flight list, which is bounded by the queue
- * depth of the front ends (a few hundred entries at most).
+ * depth of the front ends (a few hundred entries at most) and is empty while
+ * I/O runs inline.
  */
 interface InFlight {
   start: number;
@@ -18,6 +24,13 @@ export class WriteOrder {
   /** Mutating calls submitted and not yet finished, in submission order. */
   private readonly inflight: InFlight[] = [];
 
+  /** True when an op in flight overlaps [offset, offset+length). */
+  overlaps(offset: number, length: number): boolean {
+    const end = offset + Math.max(length, 1);
+    for (const f of this.inflight) if (f.start < end && offset < f.end) return true;
+    return false;
+  }
+
   /** Runs op after all earlier overlapping ops finished; op's own failure is returned to the caller only. */
   run<T>(offset: number, length: number, op: () => Promise<T>): Promise<T> {
     const start = offset;
@@ -27,17 +40,23 @@ export class WriteOrder {
     let release!: () => void;
     const entry: InFlight = { start, end, done: new Promise<void>((r) => (release = r)) };
     this.inflight.push(entry);
-    const exec = async (): Promise<T> => {
-      try {
-        if (waits.length > 0) await Promise.all(waits);
-        return await op();
-      } finally {
-        const i = this.inflight.indexOf(entry);
-        if (i >= 0) this.inflight.splice(i, 1);
-        release();
-      }
+    const finish = (): void => {
+      const i = this.inflight.indexOf(entry);
+      if (i >= 0) this.inflight.splice(i, 1);
+      release();
     };
-    return exec();
+    let started: Promise<T>;
+    if (waits.length === 0) {
+      try {
+        started = op();
+      } catch (err) {
+        started = Promise.reject(err);
+      }
+    } else {
+      started = (waits.length === 1 ? (waits[0] as Promise<void>) : Promise.all(waits)).then(op);
+    }
+    started.then(finish, finish);
+    return started;
   }
 
   /** Resolves when every op submitted so far has finished. */
