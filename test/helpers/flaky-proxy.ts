@@ -4,7 +4,9 @@
  * unless a fault says otherwise:
  *   cut()           destroy every open pair now (RST-like, no FIN handshake)
  *   cutAfter(n)     destroy a pair once n bytes went client->target in it
- *   setDelay(ms)    hold every chunk ms before forwarding (order preserved)
+ *   setDelay(ms)    hold every chunk ms before forwarding; each direction is a
+ *                   FIFO, so a chunk never overtakes an earlier one even when
+ *                   the delay shrinks (TCP does not reorder)
  *   stall(true)     stop forwarding (chunks buffer; sockets paused), stall(false) resumes
  *   refuse(true)    accept and immediately destroy new connections
  *   flap(upMs, downMs)  alternate: connections allowed for upMs, then cut +
@@ -13,10 +15,18 @@
  */
 import * as net from 'node:net';
 
+/** Chunks held for one direction of a pair, in arrival order. */
+interface Held {
+  chunks: { due: number; chunk: Buffer }[];
+  timer: NodeJS.Timeout | null;
+}
+
 interface Pair {
   client: net.Socket;
   upstream: net.Socket;
   sentUp: number;
+  heldUp: Held;
+  heldDown: Held;
 }
 
 export class FlakyProxy {
@@ -64,7 +74,7 @@ export class FlakyProxy {
     client.setNoDelay(true);
     const upstream = net.connect(this.targetPort, this.targetHost);
     upstream.setNoDelay(true);
-    const pair: Pair = { client, upstream, sentUp: 0 };
+    const pair: Pair = { client, upstream, sentUp: 0, heldUp: { chunks: [], timer: null }, heldDown: { chunks: [], timer: null } };
     this.pairs.add(pair);
     const end = (): void => this.destroyPair(pair);
     client.on('error', end);
@@ -86,7 +96,8 @@ export class FlakyProxy {
       this.stats.bytesUp += chunk.length;
       if (this.cutAfterBytes !== null && pair.sentUp >= this.cutAfterBytes) {
         const keep = chunk.length - (pair.sentUp - this.cutAfterBytes);
-        if (keep > 0) to.write(chunk.subarray(0, keep));
+        // held (delayed) chunks die with the pair: never let this piece overtake them
+        if (keep > 0 && pair.heldUp.chunks.length === 0) to.write(chunk.subarray(0, keep));
         this.stats.cuts++;
         this.destroyPair(pair);
         return;
@@ -94,15 +105,34 @@ export class FlakyProxy {
     } else {
       this.stats.bytesDown += chunk.length;
     }
-    if (this.delayMs > 0) {
-      setTimeout(() => to.destroyed || to.write(chunk), this.delayMs);
-    } else {
+    const held = up ? pair.heldUp : pair.heldDown;
+    if (this.delayMs <= 0 && held.chunks.length === 0) {
       to.write(chunk);
+      return;
     }
+    held.chunks.push({ due: Date.now() + this.delayMs, chunk });
+    if (!held.timer) this.release(held, to);
+  }
+
+  /** Forwards the held chunks that are due, in order; waits for the next one. */
+  private release(held: Held, to: net.Socket): void {
+    held.timer = null;
+    const now = Date.now();
+    while (held.chunks.length > 0 && held.chunks[0]!.due <= now) {
+      const { chunk } = held.chunks.shift()!;
+      if (!to.destroyed) to.write(chunk);
+    }
+    const next = held.chunks[0];
+    if (next) held.timer = setTimeout(() => this.release(held, to), next.due - now);
   }
 
   private destroyPair(pair: Pair): void {
     if (!this.pairs.delete(pair)) return;
+    for (const held of [pair.heldUp, pair.heldDown]) {
+      if (held.timer) clearTimeout(held.timer);
+      held.timer = null;
+      held.chunks = [];
+    }
     pair.client.destroy();
     pair.upstream.destroy();
   }
