@@ -251,6 +251,7 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
       id.durableEpoch = this.lastAckedEpoch;
       this.reserve();
     } catch (err) {
+      if (s.abort.signal.aborted) return; // the session ended under us (link down, agent stopping)
       this.o.logger.error({ err: (err as Error).message }, 'cannot start replication session');
       this.link.disconnect(`session start failed: ${(err as Error).message}`);
       return;
