@@ -1,6 +1,8 @@
 /**
  * Benchmark sections beyond the front ends. Each prints rows and returns JSON.
  */
+import { replicationSection } from './replication';
+
 export interface SectionOutput {
   rows: string[][];
   json: unknown;
@@ -12,4 +14,4 @@ export interface Section {
   run(dir: string, log: (s: string) => void): Promise<SectionOutput>;
 }
 
-export const SECTIONS: Section[] = [];
+export const SECTIONS: Section[] = [replicationSection];
