@@ -55,6 +55,8 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
   private epochRecords = 0;
   private lastAckedEpoch: number;
   private lastAckedSeq = 0;
+  /** Epoch whose ack makes a bitmap save worthwhile (the end of a resync group). */
+  private persistAfterEpoch: number | null = null;
   /** Newest live seq and its time (AgentStatus.ackedSeq). */
   private lastLiveSeq = 0;
   private lastLiveTimeMs = 0;
@@ -331,6 +333,9 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
     this.epochRecords++; // the resync-end seal is sent even for an empty epoch
     s.groupOpen = false;
     this.seal('resync-end');
+    // once this epoch is acked the group's bits are clear: save the bitmap then,
+    // so a crash soon after a (full) resync does not resend what was just shipped
+    this.persistAfterEpoch = epoch;
     if (this.progress) this.progress.active = false;
     this.emitEvent({ type: 'resync-end', volume: this.o.identity.name, resyncId, epoch });
   }
@@ -391,6 +396,10 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
     this.lastAckedSeq = Math.max(this.lastAckedSeq, seq);
     this.o.identity.durableEpoch = epoch;
     this.o.regions.onAck(epoch);
+    if (this.persistAfterEpoch !== null && epoch >= this.persistAfterEpoch) {
+      this.persistAfterEpoch = null;
+      this.o.persistBitmap().catch((err: Error) => this.o.logger.error({ err: err.message }, 'bitmap save after resync failed'));
+    }
     const keep: typeof this.syncWaiters = [];
     for (const w of this.syncWaiters) (w.epoch <= epoch ? w.resolve() : keep.push(w));
     this.syncWaiters = keep;

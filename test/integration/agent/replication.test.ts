@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Agent, AgentConfig, AgentEvent, createAgent } from '../../../agent';
 import { checkReplicaFiles } from '../../../agent/reference-log';
+import { BitmapStore } from '../../../agent/bitmap-store';
 import { testLogger } from '../../../common/log';
 import { FakeHub } from '../../helpers/fake-hub';
 import { useTmpDir } from '../../helpers/tmpdir';
@@ -213,5 +214,16 @@ describe('agent replication against a scripted hub', () => {
     expect(last.hello!.nextSeq).toBeGreaterThan(hub.sessions[0]!.messages.filter((m) => m.type === 'write').length);
     expect(last.messages.find((m) => m.type === 'resyncBegin')).toMatchObject({ resyncBegin: { full: false, totalBytes: 0 } });
     await settled(b);
+  });
+
+  test('the bitmap file is saved once a resync group is acked, so a crash right after initial sync resends nothing', async () => {
+    const a = await start(config({ bitmapPersistIntervalMs: 0 }));
+    await hub.waitForResyncEnd();
+    await settled(a);
+    const store = new BitmapStore(path.join(tmp.path, 'state', 'volumes', 'vol1'), testLogger('bitmap'));
+    await waitFor(() => store.load(REGION, SIZE).bitmap.countSet(0, SIZE / REGION) === 0, {
+      timeoutMs: 5_000,
+      what: 'persisted bitmap empty after the initial sync',
+    });
   });
 });
