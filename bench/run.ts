@@ -39,10 +39,13 @@ async function main(): Promise<void> {
   const onlyIdx = process.argv.indexOf('--only');
   const only = onlyIdx >= 0 ? process.argv[onlyIdx + 1] : undefined;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockrep-bench-'));
-  const log = (s: string): void => void process.stderr.write(`${s}\n`);
+  const t0 = Date.now();
+  const log = (s: string): void => void process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${s}\n`);
   const report: Record<string, unknown> = {
     date: new Date().toISOString(),
     machine: { cpus: os.cpus().length, memoryGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version },
+    // the machine is shared with other work: the 1/5/15-minute load averages at start and end
+    loadavg: { start: os.loadavg() } as Record<string, number[]>,
   };
   try {
     if (!only || only === 'frontends') {
@@ -62,6 +65,8 @@ async function main(): Promise<void> {
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+  (report.loadavg as Record<string, number[]>).end = os.loadavg();
+  report.seconds = Math.round((Date.now() - t0) / 1000);
   const outDir = path.join(process.cwd(), 'bench-results');
   fs.mkdirSync(outDir, { recursive: true });
   const file = path.join(outDir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);

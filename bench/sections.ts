@@ -1,6 +1,7 @@
 /**
  * Benchmark sections beyond the front ends. Each prints rows and returns JSON.
  */
+import { recoverySection } from './recovery';
 import { replicationSection } from './replication';
 
 export interface SectionOutput {
@@ -14,4 +15,4 @@ export interface Section {
   run(dir: string, log: (s: string) => void): Promise<SectionOutput>;
 }
 
-export const SECTIONS: Section[] = [replicationSection];
+export const SECTIONS: Section[] = [replicationSection, recoverySection];
