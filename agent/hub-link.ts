@@ -237,7 +237,9 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
     const from = this.st;
     if (!TRANSITIONS[from].includes(to)) throw ReplError.internal(`hub link: illegal transition ${from} -> ${to} (${reason})`);
     this.st = to;
-    this.options.logger.debug({ from, to, reason }, 'hub link state');
+    // streaming <-> not streaming is what an operator cares about; the rest is detail
+    const level = to === 'streaming' || from === 'streaming' ? 'info' : 'debug';
+    this.options.logger[level]({ from, to, reason }, 'hub link state');
     this.emit('state', to, from, reason);
   }
 
@@ -326,8 +328,9 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
         } else if (r === 'refused') outcome = 'refused';
       });
       ws.on('error', (err) => {
+        // an operator must see why the link is down, but not once per retry
+        if (err.message !== this.lastError) o.logger.warn({ url: o.url, err: err.message }, 'hub link error');
         this.lastError = err.message;
-        o.logger.debug({ err: err.message }, 'hub link socket error');
       });
       ws.on('close', (code, reason) => {
         clearTimeout(handshakeTimer);
