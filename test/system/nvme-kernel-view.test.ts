@@ -10,9 +10,10 @@
  * makes a writable test view at the latest point. The guest
  * (test/system/vm/guest/view.sh) reads the whole namespace and some ranges
  * (sha256), then writes slices of a pattern into the view and reads them back.
- * When the guest has disconnected, the host checks the view over NBD equals
- * the source image plus the guest's writes and deletes the view; the guest
- * must then see its reconnects refused. Finally neither the replica (the hub's
+ * The guest first finds the view in the hub's discovery log (advertised at
+ * 10.0.2.2). When it has disconnected, the host checks the view over NBD
+ * equals the source image plus the guest's writes and deletes the view; the
+ * guest must then see the entry leave the discovery log and a Connect refused. Finally neither the replica (the hub's
  * latest NBD export) nor the agent's volume may hold any of the view's writes.
  */
 import { ChildProcess } from 'node:child_process';
@@ -228,6 +229,12 @@ describe('Linux kernel NVMe/TCP host on a hub test view', () => {
       if (!guest.ok) throw new Error(`${describeRun(guest)}\n--- rephub stderr ---\n${hub.stderr().slice(-3000)}`);
       const res = guest.results;
 
+      // the hub's discovery log lists the view at the address the guest can reach
+      expect({ listed: res.LISTED, traddr: res.DISC_TRADDR, trsvcid: res.DISC_TRSVCID }).toEqual({
+        listed: '1',
+        traddr: '10.0.2.2',
+        trsvcid: nvme.trsvcid,
+      });
       // what the kernel saw: the view's subsystem, a writable 64 MiB namespace of 512 B blocks
       expect(res.CTRL_subsysnqn).toBe(nvme.nqn);
       expect(res.CTRL_transport).toBe('tcp');
@@ -252,7 +259,7 @@ describe('Linux kernel NVMe/TCP host on a hub test view', () => {
 
       // the deleted view is gone for the kernel host and the API; the replica and the
       // protected volume never saw its writes
-      expect(res.GONE).toBe('1');
+      expect({ unlisted: res.UNLISTED, refused: res.GONE }).toEqual({ unlisted: '1', refused: '1' });
       const left = await api<{ views: { id: string }[] }>(hubReady.http.port, 'GET', '/v1/views?volume=v1');
       expect(left.views.map((v) => v.id)).not.toContain(view.id);
       await expectSameImage(sourceFile, replicaUri, 'replica after the view');
