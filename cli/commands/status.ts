@@ -5,39 +5,11 @@
 import { HubClient } from '../hub-client';
 import { ReplError } from '../../common/errors';
 import { formatBytes } from '../../common/size';
+import type { HubStatus, VolumeStatus } from '../../hub';
 
-export interface VolumeStatusJson {
-  name: string;
-  uuid: string;
-  size: number;
-  state: 'initial-sync' | 'resyncing' | 'in-sync' | 'behind' | 'disconnected' | string;
-  connected: boolean;
-  generation: number;
-  durableEpoch: number;
-  durableSeq: number;
-  durableTime: string | null;
-  latestPoint: { epoch: number; seq: number; time: string } | null;
-  agent: { ackedSeq: number; ackedTime: string | null; dirtyBytes: number; queueBytes: number; ahead: boolean } | null;
-  lagBytes: number;
-  lagSeconds: number;
-  synced: boolean;
-  resync: { active: boolean; full: boolean; doneBytes: number; totalBytes: number; percent: number } | null;
-  journalBytes: number;
-  recoveryPoints: number;
-  /** Failed over to a recovery view (agent fenced until failback); absent from older hubs. */
-  failedOver?: boolean;
-  /** Id of the volume's failover view. */
-  failoverView?: string | null;
-  /** Journal over budget while a view pins older history. */
-  retentionBlocked?: boolean;
-  [key: string]: unknown;
-}
-
-export interface HubStatusJson {
-  hubId: string;
-  volumes: VolumeStatusJson[];
-  [key: string]: unknown;
-}
+/** The hub's JSON shapes: one definition, owned by the hub (hub/status.ts). */
+export type VolumeStatusJson = VolumeStatus;
+export type HubStatusJson = HubStatus;
 
 export async function fetchStatus(client: HubClient): Promise<HubStatusJson> {
   return client.get<HubStatusJson>('/v1/status');

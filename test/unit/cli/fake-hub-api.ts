@@ -9,11 +9,12 @@ import { VolumeStatusJson } from '../../../cli/commands/status';
 
 export function volumeStatus(overrides: Partial<VolumeStatusJson> = {}): VolumeStatusJson {
   return {
-    name: 'vol1', uuid: 'u-1', size: 1 << 20, state: 'in-sync', connected: true, generation: 1,
+    name: 'vol1', uuid: 'u-1', size: 1 << 20, regionSize: 65536, agentId: 'agent-1', state: 'in-sync', connected: true, generation: 1,
     durableEpoch: 42, durableSeq: 1000, durableTime: '2024-05-01T10:00:00.000Z',
     latestPoint: { epoch: 42, seq: 1000, time: '2024-05-01T10:00:00.000Z' },
     agent: { ackedSeq: 1003, ackedTime: '2024-05-01T10:00:00.750Z', dirtyBytes: 0, queueBytes: 0, ahead: false },
     lagBytes: 0, lagSeconds: 0.75, synced: false, resync: null, journalBytes: 0, recoveryPoints: 10,
+    failedOver: false, failoverView: null, retentionBlocked: false,
     ...overrides,
   };
 }
