@@ -119,24 +119,24 @@ export async function executeRequest(ctx: CommandContext, req: NbdRequest, paylo
 async function run(ctx: CommandContext, req: NbdRequest, payload: Buffer | null): Promise<Buffer[]> {
   const dev = ctx.export.device;
   const fua = (req.flags & CmdFlag.FUA) !== 0;
-  const ok = [encodeSimpleReply(0, req.cookie)];
+  const ok = (): Buffer[] => [encodeSimpleReply(0, req.cookie)];
   switch (req.type) {
     case Cmd.READ:
       return readReply(ctx, req, req.length === 0 ? Buffer.alloc(0) : await dev.read(req.offset, req.length));
     case Cmd.WRITE:
       if (payload && payload.length > 0) await dev.write(req.offset, payload, { fua });
-      return ok;
+      return ok();
     case Cmd.FLUSH:
       await dev.flush();
-      return ok;
+      return ok();
     case Cmd.TRIM:
       if (req.length > 0) await dev.trim(req.offset, req.length, { fua });
-      return ok;
+      return ok();
     case Cmd.CACHE:
-      return ok;
+      return ok();
     case Cmd.WRITE_ZEROES:
       await writeZeroes(ctx, req, fua);
-      return ok;
+      return ok();
     case Cmd.BLOCK_STATUS: {
       const extents = await blockStatus(ctx, req.offset, req.length, (req.flags & CmdFlag.REQ_ONE) !== 0);
       return [encodeBlockStatusChunk(req.cookie, BASE_ALLOCATION_ID, extents, true)];

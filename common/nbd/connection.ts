@@ -7,10 +7,11 @@
  *
  * Transmission is pipelined: each request starts as soon as it is parsed and
  * replies go out in completion order. In-flight work is bounded by count and
- * bytes; when a bound is hit (or the socket's write buffer is full) we stop
- * parsing and pause the socket instead of buffering without limit.
- * Replies finishing in the same tick are batched with cork/uncork; a read
- * reply is written as header + the device's buffer (no copy).
+ * bytes; when a bound is hit (or MAX_UNSENT_BYTES of replies wait in the
+ * socket) we stop parsing and pause the socket instead of buffering without
+ * limit. Replies finishing in the same loop turn are batched with cork/uncork
+ * (one writev, uncorked from setImmediate); a read reply is written as
+ * header + the device's buffer (no copy).
  * Protocol violations (bad magic, bad client flags, absurd lengths) close the
  * socket hard; the error never leaves this class.
  */
@@ -59,6 +60,13 @@ export interface ConnectionHooks {
 }
 
 const SERVER_FLAGS = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES;
+/**
+ * Replies queued in the socket beyond which we stop parsing until 'drain'.
+ * Node's default write high-water mark (16 KiB) would stall the pipeline
+ * after four 4 KiB read replies of one batch; in-flight bytes are bounded
+ * separately (maxInFlightBytes).
+ */
+const MAX_UNSENT_BYTES = 4 * 1024 * 1024;
 
 export class NbdConnection {
   private state: ConnectionState = 'handshake';
@@ -246,15 +254,23 @@ export class NbdConnection {
     const bytes = req.type === Cmd.READ || req.type === Cmd.WRITE ? req.length : 0;
     this.inFlight++;
     this.inFlightBytes += bytes;
-    executeRequest(this.context(), req, payload)
-      .then((replies) => this.send(replies))
-      .catch((err) => this.log.error({ err }, 'nbd request handler failed'))
-      .finally(() => {
-        this.inFlight--;
-        this.inFlightBytes -= bytes;
-        if (this.inFlight === 0) for (const w of this.drainWaiters.splice(0)) w();
-        this.pump();
-      });
+    executeRequest(this.context(), req, payload).then(
+      (replies) => {
+        this.send(replies);
+        this.requestDone(bytes);
+      },
+      (err) => {
+        this.log.error({ err }, 'nbd request handler failed');
+        this.requestDone(bytes);
+      },
+    );
+  }
+
+  private requestDone(bytes: number): void {
+    this.inFlight--;
+    this.inFlightBytes -= bytes;
+    if (this.inFlight === 0) for (const w of this.drainWaiters.splice(0)) w();
+    this.pump();
   }
 
   /** NBD_CMD_DISC: no reply; finish what is in flight, flush (cheap insurance), close. */
@@ -282,15 +298,22 @@ export class NbdConnection {
     if (!this.corked) {
       this.corked = true;
       s.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        s.uncork();
-      });
+      setImmediate(this.uncork);
     }
     let ok = true;
     for (const b of buffers) ok = s.write(b) && ok;
-    if (!ok) this.waitingDrain = true;
+    if (!ok && s.writableLength >= MAX_UNSENT_BYTES) this.waitingDrain = true;
   }
+
+  /**
+   * Uncorks in the check phase, after every I/O callback of this loop turn
+   * (socket data, thread-pool completions) had its say: all replies finished
+   * in one turn leave in one writev.
+   */
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   private protocolError(reason: string): void {
     if (this.state === 'closed') return;

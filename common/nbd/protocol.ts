@@ -64,8 +64,11 @@ export function decodeRequest(buf: Buffer): NbdRequest {
   };
 }
 
+// Reply headers on the hot path come from Node's shared slab (allocUnsafe):
+// every byte is written below, and a zero-filled Buffer.alloc would cost one
+// ArrayBuffer per reply.
 export function encodeSimpleReply(error: number, cookie: bigint): Buffer {
-  const b = Buffer.alloc(SIMPLE_REPLY_LENGTH);
+  const b = Buffer.allocUnsafe(SIMPLE_REPLY_LENGTH);
   b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
   b.writeUInt32BE(error >>> 0, 4);
   b.writeBigUInt64BE(cookie, 8);
@@ -91,10 +94,12 @@ export function encodeStructuredHeader(h: StructuredHeader, extra = 0): Buffer {
 
 /** Header + offset of an OFFSET_DATA chunk; the data itself is written separately (no copy). */
 export function encodeOffsetDataHeader(cookie: bigint, offset: number, dataLength: number, done: boolean): Buffer {
-  const b = encodeStructuredHeader(
-    { flags: done ? REPLY_FLAG_DONE : 0, type: ReplyType.OFFSET_DATA, cookie, length: 8 + dataLength },
-    8,
-  );
+  const b = Buffer.allocUnsafe(STRUCTURED_HEADER_LENGTH + 8);
+  b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+  b.writeUInt16BE(done ? REPLY_FLAG_DONE : 0, 4);
+  b.writeUInt16BE(ReplyType.OFFSET_DATA, 6);
+  b.writeBigUInt64BE(cookie, 8);
+  b.writeUInt32BE((8 + dataLength) >>> 0, 16);
   writeU64(b, offset, STRUCTURED_HEADER_LENGTH);
   return b;
 }
