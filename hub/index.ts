@@ -10,3 +10,4 @@ export { RecoveryVolume } from './recovery-volume';
 export type { RecoveryMode } from './recovery-volume';
 export type { RecoveryPoint, ReplicaStore } from './replica-store';
 export type { VolumeRegistry } from './volumes';
+export type { FailbackJson, FailbackState } from './failback-plan';

@@ -11,38 +11,9 @@ import { VolumeStatusJson } from './status';
 /** The part of HubClient the recovery commands use (tests pass a fake). */
 export type HubApi = Pick<HubClient, 'get' | 'post' | 'delete'>;
 
-export interface PointJson {
-  epoch: number;
-  seq: number;
-  time: string;
-}
-
-export interface ViewJson {
-  id: string;
-  volume: string;
-  kind: 'test' | 'failover';
-  readOnly: boolean;
-  point: PointJson;
-  createdAt: string;
-  readyMs: number;
-  nbd: { uri: string; host: string; port: number; export: string } | null;
-  nvme: { traddr: string; trsvcid: string; nqn: string } | null;
-  overlayBytes: number;
-}
-
-export type FailbackState = 'waiting-for-agent' | 'shipping' | 'resuming' | 'done' | 'failed';
-
-export interface FailbackJson {
-  volume: string;
-  state: FailbackState;
-  changedBytes: number;
-  agentDirtyBytes: number;
-  shippedBytes: number;
-  volumeSize: number;
-  error?: string;
-  startedAt: string;
-  finishedAt?: string;
-}
+// JSON shapes the hub sends, defined once by the hub
+export type { PointJson, ViewJson, LagSampleJson, FailbackJson, FailbackState } from '../../hub';
+import type { PointJson, ViewJson, LagSampleJson, FailbackJson } from '../../hub';
 
 export interface ChecksumsJson {
   id: string;
@@ -52,11 +23,6 @@ export interface ChecksumsJson {
   regions: string[];
 }
 
-export interface LagSampleJson {
-  time: string;
-  lagSeconds: number;
-  lagBytes: number;
-}
 
 const volumePath = (name: string): string => `/v1/volumes/${encodeURIComponent(name)}`;
 const viewPath = (id: string): string => `/v1/views/${encodeURIComponent(id)}`;

@@ -76,7 +76,8 @@ export function formatFailback(f: FailbackJson): string {
   const lines = [
     `failback of ${f.volume}: ${f.state}`,
     `  shipped   ${formatBytes(f.shippedBytes)} of a ${formatBytes(f.volumeSize)} volume (${pct} %)`,
-    `  delta     ${formatBytes(f.changedBytes)} changed on the recovery side + ${formatBytes(f.agentDirtyBytes)} the protected side never replicated`,
+    `  delta     ${formatBytes(f.changedBytes)} changed on the recovery side + ${formatBytes(f.agentDirtyBytes)} the protected side never replicated` +
+      (f.hubAheadBytes > 0 ? ` + ${formatBytes(f.hubAheadBytes)} replicated after the failover point` : ''),
     `  started   ${f.startedAt}${f.finishedAt ? `, finished ${f.finishedAt}` : ''}`,
   ];
   if (f.error) lines.push(`  error     ${f.error}`);
@@ -115,7 +116,7 @@ function progressPrinter(err: TextOut): (f: FailbackJson) => void {
   let last = '';
   return (f) => {
     const hint = f.state === 'waiting-for-agent' ? ' (start repagent for this volume with its state dir; the hub ships the delta to it)' : '';
-    const line = `failback: ${f.state}, shipped ${formatBytes(f.shippedBytes)} of ${formatBytes(f.changedBytes + f.agentDirtyBytes)}${hint}`;
+    const line = `failback: ${f.state}, shipped ${formatBytes(f.shippedBytes)} of ${formatBytes(f.changedBytes + f.agentDirtyBytes + f.hubAheadBytes)}${hint}`;
     if (line !== last) err.write(`${line}\n`);
     last = line;
   };

@@ -5,7 +5,8 @@ import { FakeHubApi, viewJson } from './fake-hub-api';
 
 function fb(state: FailbackJson['state'], shippedBytes: number, extra: Partial<FailbackJson> = {}): FailbackJson {
   return {
-    volume: 'vol1', state, changedBytes: 3 << 20, agentDirtyBytes: 1 << 20, shippedBytes, volumeSize: 1 << 30,
+    volume: 'vol1', state, changedBytes: 3 << 20, agentDirtyBytes: 1 << 20, hubAheadBytes: 0, shippedBytes, volumeSize: 1 << 30,
+    generation: 2, attempts: 1,
     startedAt: '2024-05-01T11:00:00.000Z', ...extra,
   };
 }
