@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { configureThreadPool } from '../common/threadpool';
 import { createAgent } from '../agent';
 import { createLogger } from '../common/log';
 import { ReplError } from '../common/errors';
@@ -104,6 +105,8 @@ export function readSecret(file: string, option: string): string {
 }
 
 if (require.main === module) {
+  // before any asynchronous fs work: libuv sizes its pool on first use
+  configureThreadPool();
   main(hideBin(process.argv)).then(
     (code) => process.exit(code),
     (err) => process.exit(reportError('repagent', err, true)),

@@ -5,6 +5,7 @@
  */
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { configureThreadPool } from '../common/threadpool';
 import { HubClient } from './hub-client';
 import { parseDuration, parseHubUrl } from './args';
 import { fetchStatus, formatStatusTable, waitSynced } from './commands/status';
@@ -89,6 +90,8 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
+  // before any asynchronous fs work: libuv sizes its pool on first use
+  configureThreadPool();
   main(hideBin(process.argv)).then(
     (code) => process.exit(code),
     (err) => process.exit(reportError('repctl', err, true)),

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { configureThreadPool } from '../common/threadpool';
 import { createHub } from '../hub';
 import { createLogger } from '../common/log';
 import { ReplError } from '../common/errors';
@@ -87,6 +88,8 @@ function readFile(file: string, option: string): string {
 }
 
 if (require.main === module) {
+  // before any asynchronous fs work: libuv sizes its pool on first use
+  configureThreadPool();
   main(hideBin(process.argv)).then(
     (code) => process.exit(code),
     (err) => process.exit(reportError('rephub', err, true)),
