@@ -16,6 +16,7 @@
 import { ChildProcess } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as path from 'node:path';
 import { DIST, Started, run, startBin } from '../../cli/procs';
 import { makeTmpDir, removeTmpDir } from './tmpdir';
@@ -198,17 +199,32 @@ export class Cluster {
 
 // ---- hub HTTP ----------------------------------------------------------------
 
+/** GET on the hub without keep-alive (no idle sockets outlive a test). */
+function httpGet(port: number, urlPath: string, timeoutMs = 10_000): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: urlPath, agent: false, timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${urlPath}: no answer in ${timeoutMs} ms`)));
+    req.on('error', reject);
+  });
+}
+
 export async function hubVolume(hub: HubHandle, name = 'v1'): Promise<HubVolume | null> {
-  const res = await fetch(`http://127.0.0.1:${hub.http.port}/v1/volumes/${name}`);
+  const res = await httpGet(hub.http.port, `/v1/volumes/${name}`);
   if (res.status === 404) return null;
-  if (!res.ok) throw new Error(`GET /v1/volumes/${name}: HTTP ${res.status}`);
-  return (await res.json()) as HubVolume;
+  if (res.status !== 200) throw new Error(`GET /v1/volumes/${name}: HTTP ${res.status}`);
+  return JSON.parse(res.body) as HubVolume;
 }
 
 export async function hubMetrics(hub: HubHandle): Promise<string> {
-  const res = await fetch(`http://127.0.0.1:${hub.http.port}/metrics`);
-  if (!res.ok) throw new Error(`GET /metrics: HTTP ${res.status}`);
-  return res.text();
+  const res = await httpGet(hub.http.port, '/metrics');
+  if (res.status !== 200) throw new Error(`GET /metrics: HTTP ${res.status}`);
+  return res.body;
 }
 
 /** Value of one sample line (`name{labels} value`) in Prometheus text; 0 when absent. */
@@ -238,9 +254,13 @@ export async function waitConnected(hub: HubHandle, connected: boolean, timeoutM
 
 // ---- external commands ---------------------------------------------------------
 
-/** `repctl wait-synced` against the hub (directly, never through a proxy). */
-export async function waitSynced(hub: HubHandle, name = 'v1', timeoutS = 60): Promise<void> {
-  await sleep(700); // one AgentStatus period: see the file header
+/**
+ * `repctl wait-synced` against the hub (directly, never through a proxy).
+ * settleMs: wait first for one AgentStatus period (see the file header); 0 is
+ * right only when no write completed since the agent's session started.
+ */
+export async function waitSynced(hub: HubHandle, name = 'v1', timeoutS = 60, settleMs = 700): Promise<void> {
+  if (settleMs > 0) await sleep(settleMs);
   const r = await run(process.execPath, [path.join(DIST, 'cli', 'repctl.js'), 'wait-synced', '--hub', hub.url, '--volume', name, '--timeout', `${timeoutS}s`]);
   if (r.code !== 0) {
     const status = await hubVolume(hub, name).catch((e: Error) => e.message);

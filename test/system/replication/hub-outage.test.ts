@@ -30,18 +30,22 @@ describeWithTools(['qemu-img'])('hub down longer than the agent queue holds', ()
   test('memory stays bounded, the resync ships only the dirty regions, the replica converges', async () => {
     const seed = seedFrom('OUTAGE_SEED');
     const rng = new Rng(seed);
+    const t0 = Date.now();
+    const log = (m: string): void => void (process.env.E2E_VERBOSE && process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(2)}s] ${m}\n`));
     const c = (cluster = new Cluster('e2e-outage-'));
     let hub = await c.startHub();
     const agent = await c.startAgent({ file: c.path('v1.img'), size: SIZE, stateDir: c.path('agent'), hubUrl: hub.url, queueBytes: '4M' });
     const client = await NbdClient.connect({ host: agent.nbd.host, port: agent.nbd.port, exportName: 'v1' });
     try {
       await waitSynced(hub);
+      log('initial sync done');
       // warm-up: the write path's buffers and code are in place before the baseline
       const warm = Workload.start(client, rng, { length: SIZE, align: REGION, maxLength: REGION, depth: 8, totalBytes: 16 * MiB });
       await warm.done;
       warm.expectClean();
       await waitSynced(hub);
       const baseline = rssBytes(agent.pid);
+      log('warm-up synced');
 
       await c.stop(hub, 'SIGKILL');
       let peak = baseline;
@@ -53,6 +57,7 @@ describeWithTools(['qemu-img'])('hub down longer than the agent queue holds', ()
         clearInterval(sampler);
       }
       w.expectClean();
+      log('outage writes done');
       peak = Math.max(peak, rssBytes(agent.pid));
       const dirty = w.regions.size * REGION;
       const report = `OUTAGE_SEED=${seed}: wrote ${w.bytes / MiB} MiB (${dirty / MiB} MiB distinct), agent RSS ${(baseline / MiB).toFixed(0)} -> peak ${(peak / MiB).toFixed(0)} MiB`;
@@ -62,6 +67,7 @@ describeWithTools(['qemu-img'])('hub down longer than the agent queue holds', ()
 
       hub = await c.restartHub(hub);
       await waitConnected(hub, true);
+      log('hub restarted, agent reconnected');
       let maxQueue = 0;
       let sawResync = false;
       for (;;) {
@@ -72,6 +78,7 @@ describeWithTools(['qemu-img'])('hub down longer than the agent queue holds', ()
         await new Promise((r) => setTimeout(r, 50));
       }
       await waitSynced(hub);
+      log('resync done');
       const shipped = await bytesReceived(hub);
       process.stderr.write(`hub-outage: resync shipped ${(shipped / MiB).toFixed(2)} MiB for ${dirty / MiB} MiB dirty; agent queue peak ${(maxQueue / MiB).toFixed(2)} MiB\n`);
       expect(sawResync).toBe(true);
@@ -79,6 +86,7 @@ describeWithTools(['qemu-img'])('hub down longer than the agent queue holds', ()
       expect(shipped).toBeGreaterThanOrEqual(dirty); // every dirty region holds random data: all of it is shipped
       expect(shipped).toBeLessThanOrEqual(1.1 * dirty);
       await assertIdentical(c.path('v1.img'), hub);
+      log('compared');
     } finally {
       await client.close().catch(() => undefined);
     }

@@ -25,8 +25,8 @@ describeWithTools(['qemu-img'])('network faults between agent and hub', () => {
     cluster = new Cluster('e2e-net-');
     try {
       const r = await networkScenario(cluster, { trials, seed, log: process.env.E2E_VERBOSE ? (l) => process.stderr.write(`${l}\n`) : undefined });
-      // every cut and every flap forced a new connection through the proxy
-      expect(r.connections).toBeGreaterThanOrEqual(3 * trials + 1);
+      // the first cut of a cut phase and every flap phase force a new connection through the proxy
+      expect(r.connections).toBeGreaterThanOrEqual(2 * trials + 1);
       expect(r.samples.samples).toBeGreaterThanOrEqual(3 * trials + 1);
       process.stderr.write(
         `network: seed ${seed}, ${trials} trial(s) in ${(r.elapsedMs / 1000).toFixed(1)} s, ${r.connections} proxy connections, ` +

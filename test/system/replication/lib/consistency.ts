@@ -121,7 +121,7 @@ export interface Sample {
   /** Epoch the sample was pinned to (hub latestPoint unchanged across the read), if known. */
   exactEpoch: number | undefined;
   matching: number[];
-  /** The hub reported an open resync group before and after the read. */
+  /** A resync group was open on the hub for the whole read. */
   duringResync: boolean;
   readMs: number;
   checkMs: number;
@@ -177,7 +177,9 @@ export async function sampleHub(hub: HubHandle, checker: ReferenceChecker, stats
         `${r.minMismatches} regions differ at best (sample saved as ${file}; before ${JSON.stringify(before)}, after ${JSON.stringify(after)})`,
     );
   }
-  const duringResync = Boolean(before.resync?.active && after?.resync?.active);
+  // open before the read, and still open after it or not completed during it
+  // (completing the group creates a point, so an unchanged point means still open)
+  const duringResync = Boolean(before.resync?.active && (after?.resync?.active || exactEpoch !== undefined));
   stats.samples++;
   if (duringResync) stats.duringResync++;
   return { exactEpoch, matching: r.matching, duringResync, readMs: t1 - t0, checkMs };

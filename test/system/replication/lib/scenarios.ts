@@ -28,7 +28,7 @@ import {
 } from '../../../helpers/e2e';
 import { FlakyProxy } from '../../../helpers/flaky-proxy';
 import { sleep, waitFor } from '../../../helpers/wait-for';
-import { ReferenceChecker, SampleStats, newStats, sampleHub } from './consistency';
+import { ReferenceChecker, Sample, SampleStats, newStats, sampleHub } from './consistency';
 import { Workload, WorkloadOptions } from './workload';
 
 /** One NBD read covers the whole volume: keeps consistency samples single-point. */
@@ -84,15 +84,34 @@ async function connectAgent(agent: AgentHandle): Promise<NbdClient> {
 }
 
 /** Samples the hub now, tagging failures with the scenario's seed and trial. */
-async function sample(rig: Rig, what: string): Promise<void> {
+async function sample(rig: Rig, what: string): Promise<Sample | null> {
   const s = await sampleHub(rig.hub, rig.checker, rig.stats, what);
   rig.log(`${what}: sample ${s ? `epoch ${s.exactEpoch ?? '?'}${s.duringResync ? ' (resync group open)' : ''}, read ${s.readMs} ms, check ${s.checkMs} ms` : 'skipped'}`);
+  return s;
 }
 
-/** The common ending: synced, identical, and (if `pin`) the synced point is exactly a logged seal. */
-async function converge(rig: Rig, what: string, pin = true): Promise<void> {
+/**
+ * Samples up to `max` times while the hub shows an open resync group, until
+ * one sample lands wholly inside it (the point readers see must stay the one
+ * before the group). Returns the number of samples taken.
+ */
+async function sampleDuringResync(rig: Rig, what: string, max = 3): Promise<number> {
+  let taken = 0;
+  while (taken < max && (await hubVolume(rig.hub).catch(() => null))?.resync?.active) {
+    taken++;
+    if ((await sample(rig, `${what} #${taken}`))?.duringResync) break;
+  }
+  return taken;
+}
+
+/**
+ * The common ending: synced, identical, and (if `pin`) the synced point is
+ * exactly a logged seal. `quiet`: no write completed since the agent's session
+ * began, so wait-synced needs no status settling time.
+ */
+async function converge(rig: Rig, what: string, pin = true, quiet = false): Promise<void> {
   try {
-    await waitSynced(rig.hub);
+    await waitSynced(rig.hub, 'v1', 60, quiet ? 0 : 700);
     await assertIdentical(volumeFile(rig.cluster), rig.hub);
     if (!pin) return;
     const s = await sampleHub(rig.hub, rig.checker, rig.stats, `${what}: after wait-synced`);
@@ -139,7 +158,7 @@ export async function agentKillScenario(cluster: Cluster, o: ScenarioOptions): P
   rig.log('filled');
   await waitSynced(rig.hub);
   rig.log('fill synced');
-  // a clean stop saves the exact (empty) bitmap; see the report on the bitmap persist interval
+  // the fill made every activity extent hot; a clean stop empties the hot set
   await cluster.stop(rig.agent, 'SIGTERM');
   rig.log('agent stopped');
   rig.agent = await cluster.restartAgent(rig.agent);
@@ -174,8 +193,8 @@ export async function agentKillScenario(cluster: Cluster, o: ScenarioOptions): P
       }, { timeoutMs: 30_000, intervalMs: 20, what: `${tag}: agent reconnected and resync begun` });
       rig.log(`${tag}: connected, resync ${JSON.stringify(v.resync)}`);
       if (v.resync?.full) throw new Error(`${tag}: the restart started a FULL sync`);
-      await sample(rig, `${tag}: after restart`);
-      await converge(rig, tag, t % 4 === 3 || t === o.trials - 1);
+      if ((await sampleDuringResync(rig, `${tag}: resync after restart`)) === 0) await sample(rig, `${tag}: after restart`);
+      await converge(rig, tag, t % 4 === 3 || t === o.trials - 1, true);
       rig.log(`${tag}: converged`);
       const shipped = (await bytesReceived(rig.hub)) - before;
       resyncBytes.push(shipped);
@@ -212,8 +231,9 @@ export async function hubKillScenario(cluster: Cluster, o: ScenarioOptions): Pro
       rig.log(`${tag}: hub restarted`);
       await waitConnected(rig.hub, true);
       rig.log(`${tag}: agent reconnected`);
-      const samples = rig.rng.between(1, 3);
-      for (let i = 0; i < samples; i++) await sample(rig, `${tag}: after restart #${i}`);
+      const wanted = rig.rng.between(1, 3);
+      const taken = await sampleDuringResync(rig, `${tag}: catch-up resync`);
+      for (let i = taken; i < wanted; i++) await sample(rig, `${tag}: after restart #${i}`);
       if (w.failure) throw new Error(`${tag}: a write through the agent failed while the hub was down: ${w.failure.message}`);
       rig.log(`${tag}: ${w.ops} writes so far, ${rig.stats.samples} samples (${rig.stats.duringResync} inside a resync group)`);
     }
@@ -306,5 +326,5 @@ async function networkPhase(rig: Rig, proxy: FlakyProxy, phase: string, tag: str
   }
   // the link is healthy again: the agent reconnects and catches up while writes go on
   await waitConnected(rig.hub, true);
-  await sample(rig, `${tag}: reconnected`);
+  if ((await sampleDuringResync(rig, `${tag}: catch-up resync`, 2)) === 0) await sample(rig, `${tag}: reconnected`);
 }

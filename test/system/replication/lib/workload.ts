@@ -43,7 +43,9 @@ export interface WorkloadOptions {
 export class Workload {
   readonly regions = new Set<number>();
   ops = 0;
+  /** Bytes covered by all requests / carried as payload (writes only). */
   bytes = 0;
+  dataBytes = 0;
   failure: Error | null = null;
   readonly done: Promise<void>;
   private stopping = false;
@@ -111,7 +113,10 @@ export class Workload {
     this.mark(offset, len);
     if (pick < (o.zeroes ?? 0)) await this.target.writeZeroes(offset, len);
     else if (pick < (o.zeroes ?? 0) + (o.trim ?? 0)) await this.target.trim(offset, len);
-    else await this.target.write(offset, rng.bytes(len), { fua: rng.chance(o.fua ?? 0) });
+    else {
+      this.dataBytes += len;
+      await this.target.write(offset, rng.bytes(len), { fua: rng.chance(o.fua ?? 0) });
+    }
     if (rng.chance(o.flush ?? 0)) await this.target.flush();
   }
 
