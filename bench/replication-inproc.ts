@@ -46,6 +46,10 @@ export interface LagResult {
   /** Lag to the hub's durable ack (seq), not yet a recovery point. */
   durableP50ms: number;
   durableP99ms: number;
+  /** Mean hub time from receiving a Seal to sending its Ack (journal group commit), from /metrics. */
+  hubAckMeanMs: number | null;
+  /** Largest agent send-queue backlog seen during the run (bytes not yet written to the socket). */
+  maxQueueBytes: number;
   seqCheck: boolean;
 }
 
@@ -113,6 +117,20 @@ async function hubFsyncs(hubPort: number, volume: string): Promise<number | null
     const text = await httpText(`http://127.0.0.1:${hubPort}/metrics`);
     const line = text.split('\n').find((l) => l.startsWith('rephub_fsyncs_total{') && l.includes(`volume="${volume}"`));
     return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+  } catch {
+    return null;
+  }
+}
+
+/** [sum seconds, count] of the hub's ack latency histogram for `volume`. */
+async function ackLatency(hubPort: number, volume: string): Promise<[number, number] | null> {
+  try {
+    const text = await httpText(`http://127.0.0.1:${hubPort}/metrics`);
+    const pick = (name: string): number => {
+      const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && l.includes(`volume="${volume}"`));
+      return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+    };
+    return [pick('rephub_ack_latency_seconds_sum'), pick('rephub_ack_latency_seconds_count')];
   } catch {
     return null;
   }
@@ -190,12 +208,17 @@ async function lagRun(dir: string, volumeSize: number, hubPort: number, iops: nu
       if (e.type === 'ack') acks.push({ epoch: e.epoch!, seq: e.seq!, t: performance.now() });
     };
     ip.agent.on('event', onEvent as never);
-    const { done, elapsed } = await pacedWrites(ip, volumeSize, iops, seconds);
+    const ack0 = await ackLatency(hubPort, ip.name);
+    let maxQueueBytes = 0;
+    const sampler = setInterval(() => (maxQueueBytes = Math.max(maxQueueBytes, ip.agent.status().volumes[0]!.replication!.queueBytes)), 5);
+    const { done, elapsed } = await pacedWrites(ip, volumeSize, iops, seconds).finally(() => clearInterval(sampler));
     const lastSeq = base + done.length;
     const deadline = Date.now() + 30_000;
     while (ip.agent.status().volumes[0]!.replication!.lastAckedSeq < lastSeq && Date.now() < deadline) await sleep(5);
     await sleep(100);
     ip.agent.off('event', onEvent as never);
+    const ack1 = await ackLatency(hubPort, ip.name);
+    const hubAckMeanMs = ack0 && ack1 && ack1[1] > ack0[1] ? round1(((ack1[0] - ack0[0]) / (ack1[1] - ack0[1])) * 1000) : null;
     const pts = (await ip.client.get<{ points: { epoch: number; seq: number }[] }>(`/v1/volumes/${ip.name}/points`)).points;
     const pointSeqs = pts.filter((p) => p.seq > base).sort((a, b) => a.epoch - b.epoch);
     const ackByEpoch = new Map<number, number>();
@@ -228,6 +251,8 @@ async function lagRun(dir: string, volumeSize: number, hubPort: number, iops: nu
       maxms: round1(lags[lags.length - 1] ?? NaN),
       durableP50ms: round1(percentile(durable, 50)),
       durableP99ms: round1(percentile(durable, 99)),
+      hubAckMeanMs,
+      maxQueueBytes,
       seqCheck: maxPointSeq === lastSeq && lags.length === done.length,
     };
   } finally {
