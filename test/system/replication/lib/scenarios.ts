@@ -171,7 +171,13 @@ export async function agentKillScenario(cluster: Cluster, o: ScenarioOptions): P
       const client = await connectAgent(rig.agent);
       const w = Workload.start(client, rig.rng, { ...window, depth: 4, maxLength: 128 * 1024, rate: 3 * MiB, flush: 0.02, fua: 0.02, zeroes: 0.03, trim: 0.02 });
       const killAt = rig.rng.between(300, 1500);
-      const during = rig.rng.chance(0.5) ? sleep(rig.rng.int(killAt)).then(() => sample(rig, `${tag}: during writes`)) : Promise.resolve();
+      // a sample racing the writes (and maybe the kill); its failure is rethrown below, never left unhandled
+      let duringError: Error | null = null;
+      const during = rig.rng.chance(0.5)
+        ? sleep(rig.rng.int(killAt))
+            .then(() => sample(rig, `${tag}: during writes`))
+            .then(() => undefined, (err: Error) => void (duringError = err))
+        : Promise.resolve();
       await sleep(killAt);
       // the kill lands while the initiator has requests outstanding
       await waitFor(() => client.inFlight > 0, { timeoutMs: 5000, intervalMs: 1, what: `${tag}: a write in flight` });
@@ -181,6 +187,7 @@ export async function agentKillScenario(cluster: Cluster, o: ScenarioOptions): P
       await client.close().catch(() => undefined);
       if (!w.failure) throw new Error(`${tag}: the workload did not notice the kill`);
       await during;
+      if (duringError) throw duringError;
       rig.log(`${tag}: killed`);
       await waitConnected(rig.hub, false);
       const before = await bytesReceived(rig.hub);
