@@ -10,8 +10,11 @@
  * not in the capsule is solicited with R2T (one R2T per command at a time,
  * R2TL <= MAXH2CDATA, so any MAXR2T and pre-5.16 hosts are fine); solicited
  * buffers per connection are bounded by maxR2TBuffer, beyond which commands
- * wait for their R2T. Responses written within one event-loop turn are corked
- * together; read data goes out as separate writes (no copies).
+ * wait for their R2T. PDUs written within one event-loop turn (socket data and
+ * device completions) are corked and leave in one writev, uncorked from
+ * setImmediate; read data goes out as separate chunks (no copies). When
+ * MAX_UNSENT_BYTES wait in the socket we stop reading until 'drain' (Node's
+ * 16 KiB high-water mark would stall a QD32 read batch after a few replies).
  * Invariants: nothing is sent before ICReq; after a TermReq or in 'closed'
  * nothing more is processed; handler exceptions never escape onData().
  */
@@ -54,6 +57,8 @@ const TRANSITIONS: Record<QueueState, readonly QueueState[]> = {
 const MAX_OUTSTANDING = 256;
 /** How long a closing connection may linger before it is destroyed. */
 const CLOSE_LINGER_MS = 1000;
+/** Bytes queued in the socket beyond which we stop reading commands until 'drain'. */
+const MAX_UNSENT_BYTES = 4 * 1024 * 1024;
 const EMPTY = Buffer.alloc(0);
 
 export class Connection implements QueueContext, QueueHandle {
@@ -73,6 +78,8 @@ export class Connection implements QueueContext, QueueHandle {
   private readonly commands = new Map<number, PendingCommand>();
   private readonly writes: SolicitedWrites;
   private corked = false;
+  /** Reading is paused until the socket drains below MAX_UNSENT_BYTES. */
+  private waitingDrain = false;
   private resumeAfterIc = false;
   /** ICReq deadline, then the deadline of a partially received PDU. */
   private timer: NodeJS.Timeout | null = null;
@@ -93,7 +100,7 @@ export class Connection implements QueueContext, QueueHandle {
       sink: (header, type, dataLen) => (type === PduType.H2C_DATA ? this.writes.sink(header, dataLen) : null),
     });
     this.writes = new SolicitedWrites(limits.maxH2CData, limits.maxR2TBuffer, {
-      sendR2T: (r) => this.send([encodeR2t(r, this.digests)]),
+      sendR2T: (r) => this.send(encodeR2t(r, this.digests)),
       ready: (cmd) => (cmd.failStatus !== 0 ? this.complete(cmd, fail(cmd.failStatus)) : this.execute(cmd)),
     });
     socket.setNoDelay(true);
@@ -190,14 +197,27 @@ export class Connection implements QueueContext, QueueHandle {
     if (!this.socket.destroyed) this.socket.uncork();
   };
 
-  private send(parts: Buffer[]): void {
+  private readonly onDrain = (): void => {
+    this.waitingDrain = false;
+    if (!this.socket.destroyed) this.socket.resume();
+  };
+
+  private send(parts: Buffer | Buffer[]): void {
     if (this.state === 'closed' || this.socket.destroyed) return;
     if (!this.corked) {
       this.socket.cork();
       this.corked = true;
       setImmediate(this.uncork);
     }
-    for (const p of parts) this.socket.write(p);
+    let ok = true;
+    if (Buffer.isBuffer(parts)) ok = this.socket.write(parts);
+    else for (let i = 0; i < parts.length; i++) ok = this.socket.write(parts[i]!) && ok;
+    // write() returned false, so 'drain' is due once the queue empties
+    if (!ok && !this.waitingDrain && this.socket.writableLength >= MAX_UNSENT_BYTES) {
+      this.waitingDrain = true;
+      this.socket.pause();
+      this.socket.once('drain', this.onDrain);
+    }
   }
 
   // ------------------------------------------------------------ receiving
@@ -388,7 +408,7 @@ export class Connection implements QueueContext, QueueHandle {
       cid,
       status: c.status,
     };
-    this.send([encodeCapsuleResp(cqe, this.digests)]);
+    this.send(encodeCapsuleResp(cqe, this.digests));
   }
 
   // ------------------------------------------------------------ QueueContext

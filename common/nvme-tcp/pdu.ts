@@ -271,7 +271,14 @@ export interface Cqe {
 }
 
 export function encodeCapsuleResp(cqe: Cqe, dg: Digests): Buffer {
-  const h = allocHeader(PduType.CAPSULE_RESP, SHORT_HLEN, dg, 0, 0);
+  // hot path: every byte is written, so the pooled unzeroed allocation is safe
+  const hd = dg.hdgst ? DIGEST_LEN : 0;
+  const h = Buffer.allocUnsafe(SHORT_HLEN + hd);
+  h[0] = PduType.CAPSULE_RESP;
+  h[1] = hd ? PduFlag.HDGST : 0;
+  h[2] = SHORT_HLEN;
+  h[3] = 0;
+  h.writeUInt32LE(SHORT_HLEN + hd, 4);
   h.writeUInt32LE(cqe.dw0 >>> 0, 8);
   h.writeUInt32LE(cqe.dw1 >>> 0, 12);
   h.writeUInt16LE(cqe.sqhd & 0xffff, 16);
@@ -311,13 +318,24 @@ export function encodeDataPdu(
   dg: Digests,
   align = 4,
 ): Buffer[] {
-  const h = allocHeader(type, SHORT_HLEN, dg, data.length, flags, align);
+  // hot path: allocUnsafe and write every byte (reserved bytes and PDO padding zeroed explicitly)
+  const hd = dg.hdgst ? DIGEST_LEN : 0;
+  const len = data.length;
+  const dd = dg.ddgst && len > 0 ? DIGEST_LEN : 0;
+  const pdo = len > 0 ? Math.ceil((SHORT_HLEN + hd) / align) * align : 0;
+  const h = Buffer.allocUnsafe(Math.max(pdo, SHORT_HLEN + hd));
+  h[0] = type;
+  h[1] = flags | (hd ? PduFlag.HDGST : 0) | (dd ? PduFlag.DDGST : 0);
+  h[2] = SHORT_HLEN;
+  h[3] = pdo;
+  h.writeUInt32LE(h.length + len + dd, 4);
   h.writeUInt16LE(fields.cccid & 0xffff, 8);
   h.writeUInt16LE(fields.ttag & 0xffff, 10);
   h.writeUInt32LE(fields.datao >>> 0, 12);
-  h.writeUInt32LE(data.length, 16);
+  h.writeUInt32LE(len, 16);
+  h.fill(0, 20);
   sealHeader(h, SHORT_HLEN);
-  return dg.ddgst ? [h, data, dataDigest(data)] : [h, data];
+  return dd ? [h, data, dataDigest(data)] : [h, data];
 }
 
 export function decodeDataPduHeader(h: Buffer): DataPduHeader {
