@@ -111,6 +111,10 @@ export class AgentSession {
   private storeRef: ReplicaStore | null = null;
   private helloValue: Hello | null = null;
   private lastSeq = -1;
+  /** Newest record seq received in this session (-1: none yet). */
+  get receivedSeq(): number {
+    return this.lastSeq;
+  }
   /** Newest epoch sealed in this session; writes must use a later one. */
   private lastSealEpoch = -1;
   private lastWriteEpoch = 0;

@@ -37,6 +37,8 @@ export interface VolumeStatus {
   lagBytes: number;
   lagSeconds: number;
   synced: boolean;
+  /** When the hub last heard the agent's status report (wait-synced waits for one newer than its start). */
+  agentStatusTime: string | null;
   resync: { active: boolean; full: boolean; doneBytes: number; totalBytes: number; percent: number } | null;
   journalBytes: number;
   recoveryPoints: number;
@@ -60,6 +62,10 @@ export interface StatusInput {
   /** Resync progress reported by the current session, if any. */
   progress: { full: boolean; doneBytes: number; totalBytes: number } | null;
   agent: AgentStatus | null;
+  /** When the hub last received the agent's status (null: never in this session). */
+  agentStatusAtMs?: number | null;
+  /** Newest record seq received from the agent in this session (-1: none). */
+  receivedSeq?: number;
   journalBytes: number;
   nowMs: number;
   failedOver?: boolean;
@@ -72,8 +78,16 @@ const iso = (ms: number | null): string | null => (ms === null || ms <= 0 ? null
 export function buildVolumeStatus(s: StatusInput): VolumeStatus {
   const a = s.agent;
   const point = s.latestPoint;
+  // a record received but not yet sealed into a point means the agent is
+  // ahead of its last status report: not synced, whatever that report said
   const synced =
-    s.connected && s.group === null && a !== null && a.dirtyBytes === 0 && point !== null && point.seq >= a.ackedSeq;
+    s.connected &&
+    s.group === null &&
+    a !== null &&
+    a.dirtyBytes === 0 &&
+    point !== null &&
+    point.seq >= a.ackedSeq &&
+    point.seq >= (s.receivedSeq ?? -1);
   let state: VolumeState;
   if (!s.connected) state = 'disconnected';
   else if (s.group !== null || point === null) state = point === null ? 'initial-sync' : 'resyncing';
@@ -114,6 +128,7 @@ export function buildVolumeStatus(s: StatusInput): VolumeStatus {
     lagBytes: synced || !a ? 0 : a.dirtyBytes,
     lagSeconds,
     synced,
+    agentStatusTime: iso(s.agentStatusAtMs ?? null),
     resync,
     journalBytes: s.journalBytes,
     recoveryPoints: s.pointCount,

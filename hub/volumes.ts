@@ -301,6 +301,8 @@ export class VolumeRegistry implements SessionHost {
       group: store.group,
       progress: session ? session.resync : entry.progress,
       agent: session ? session.agentStatus : entry.agent,
+      agentStatusAtMs: session?.statusAtMs ?? null,
+      receivedSeq: session?.receivedSeq ?? -1,
       journalBytes: store.journalBytes,
       nowMs,
       failedOver: store.meta.flags.failedOver,

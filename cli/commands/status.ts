@@ -48,7 +48,13 @@ export function formatStatusTable(status: HubStatusJson): string {
   return lines.join('\n') + '\n';
 }
 
-/** Polls until the volume's latest recovery point covers everything the agent acknowledged. */
+/**
+ * Polls until the volume's latest recovery point covers everything the agent
+ * acknowledged. "synced" must come with an agent status report received after
+ * the first poll: the agent reports every ~500 ms, so a write acknowledged just
+ * before we started is always covered by a report we wait for (the hub also
+ * refuses "synced" while it holds records newer than its latest point).
+ */
 export async function waitSynced(
   client: HubClient,
   volume: string,
@@ -57,11 +63,15 @@ export async function waitSynced(
 ): Promise<VolumeStatusJson> {
   const deadline = Date.now() + timeoutMs;
   let last: VolumeStatusJson | null = null;
+  // undefined: no poll answered yet; null: the hub had no agent report then
+  let firstReport: string | null | undefined;
   for (;;) {
     try {
       last = await fetchVolume(client, volume);
       onPoll?.(last);
-      if (last.synced) return last;
+      if (firstReport === undefined) firstReport = last.agentStatusTime;
+      const fresh = last.agentStatusTime !== null && (firstReport === null || last.agentStatusTime > firstReport);
+      if (last.synced && fresh) return last;
     } catch (err) {
       // an unknown volume may simply not have connected yet; anything else is fatal
       if (!(err instanceof ReplError && err.code === 'E_NOT_FOUND')) throw err;

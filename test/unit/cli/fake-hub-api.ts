@@ -14,7 +14,7 @@ export function volumeStatus(overrides: Partial<VolumeStatusJson> = {}): VolumeS
     latestPoint: { epoch: 42, seq: 1000, time: '2024-05-01T10:00:00.000Z' },
     agent: { ackedSeq: 1003, ackedTime: '2024-05-01T10:00:00.750Z', dirtyBytes: 0, queueBytes: 0, ahead: false },
     lagBytes: 0, lagSeconds: 0.75, synced: false, resync: null, journalBytes: 0, recoveryPoints: 10,
-    failedOver: false, failoverView: null, retentionBlocked: false,
+    failedOver: false, failoverView: null, retentionBlocked: false, agentStatusTime: null,
     ...overrides,
   };
 }

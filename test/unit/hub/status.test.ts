@@ -20,6 +20,8 @@ describe('buildVolumeStatus', () => {
     ['in sync', {}, 'in-sync', true, 0],
     ['agent acked a newer write', { agent: { ...base.agent!, ackedSeq: 51, ackedTimeMs: 11_000 } }, 'behind', false, 2],
     ['dirty bytes remain', { agent: { ...base.agent!, dirtyBytes: 512 } }, 'behind', false, 0.5],
+    ['a record arrived after the newest point', { receivedSeq: 51 }, 'behind', false, 0.5],
+    ['every received record is in the newest point', { receivedSeq: 50 }, 'in-sync', true, 0],
     ['disconnected', { connected: false }, 'disconnected', false, 11],
     ['group open with a point', { group: { full: false, totalBytes: 100 } }, 'resyncing', false, 0.5],
     ['nothing replicated yet', { latestPoint: null, pointCount: 0, group: { full: true, totalBytes: 1024 } }, 'initial-sync', false, 8.5],
