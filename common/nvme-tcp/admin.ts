@@ -21,8 +21,17 @@ import {
 import { AdminOpcode, FeatureId } from './sqe';
 import { Status } from './status';
 
-/** I/O queue capsule: SQE + 8 KiB in-capsule data, in 16-byte units. */
-export const IOCCSZ = (64 + 8192) / 16;
+/**
+ * Largest in-capsule data of an I/O command. 128 KiB (not the usual 8 KiB):
+ * writes up to that size then travel in the CapsuleCmd, which saves the R2T
+ * round trip and two small PDUs per command; the reader bounds the capsule
+ * before allocating, and a connection holds at most 256 outstanding commands
+ * (32 MiB, the same as its solicited-write budget). Linux hosts send any
+ * write that fits IOCCSZ in-capsule.
+ */
+export const IN_CAPSULE_DATA = 128 * 1024;
+/** I/O queue capsule: SQE + in-capsule data, in 16-byte units. */
+export const IOCCSZ = (64 + IN_CAPSULE_DATA) / 16;
 export const MAXCMD = 128;
 /** Keep Alive granularity, 100 ms units. */
 export const KAS = 10;

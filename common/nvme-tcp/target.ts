@@ -13,6 +13,7 @@ import * as net from 'node:net';
 import { ReplError } from '../errors';
 import { Logger, silentLogger } from '../log';
 import type { BlockDevice } from '../block/device';
+import { IN_CAPSULE_DATA } from './admin';
 import { TargetContext, TargetLimits } from './command';
 import { Connection } from './connection';
 import { AsyncEvent } from './controller';
@@ -100,7 +101,7 @@ export class NvmeTcpTarget {
       icReqTimeoutMs: options.icReqTimeoutMs ?? DEFAULTS.icReqTimeoutMs,
       keepAliveGraceMs: options.keepAliveGraceMs ?? DEFAULTS.keepAliveGraceMs,
       pduTimeoutMs: options.pduTimeoutMs ?? DEFAULTS.pduTimeoutMs,
-      maxCapsuleData: 8192,
+      maxCapsuleData: IN_CAPSULE_DATA,
       maxTransfer: MAX_TRANSFER,
       maxC2HData: 128 * 1024,
       maxR2TBuffer: 32 * 1024 * 1024,

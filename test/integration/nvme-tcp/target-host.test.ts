@@ -77,7 +77,7 @@ describe.each([
   it('identifies controller and namespace', async () => {
     expect(host.ioQueueCount).toBe(3);
     const c = await host.identifyController();
-    expect(c).toMatchObject({ serial: 'SERIAL-1', model: 'test model', subnqn: NQN, cntlid: host.cntlid, nn: 1, volatileWriteCache: true, ioccsz: 516 });
+    expect(c).toMatchObject({ serial: 'SERIAL-1', model: 'test model', subnqn: NQN, cntlid: host.cntlid, nn: 1, volatileWriteCache: true, ioccsz: (64 + 128 * 1024) / 16 });
     expect(await host.activeNamespaces()).toEqual([1]);
     const ns = await host.identifyNamespace(1);
     expect(ns.nsze).toBe(BigInt(SIZE / 512));
@@ -106,7 +106,8 @@ describe.each([
   });
 
   it('runs many commands concurrently on every queue', async () => {
-    const ops = Array.from({ length: 96 }, (_, i) => ({ off: 16 * 1024 * 1024 + i * 12288, data: pattern(12288, i + 7) }));
+    // every third write exceeds the in-capsule limit (R2T), the rest travel in the capsule
+    const ops = Array.from({ length: 96 }, (_, i) => ({ off: 16 * 1024 * 1024 + i * 135168, data: pattern(i % 3 === 0 ? 135168 : 12288, i + 7) }));
     await Promise.all(ops.map((o) => host.write(1, o.off, o.data, { fua: o.off % 3 === 0 })));
     const back = await Promise.all(ops.map((o) => host.read(1, o.off, o.data.length)));
     back.forEach((b, i) => expect(b.equals(ops[i]!.data)).toBe(true));
@@ -228,6 +229,7 @@ describe('NVMe/TCP target: discovery, subsystems, controllers', () => {
     expect((await h.identifyNamespace(1)).readOnly).toBe(true);
     await expect(h.write(1, 0, Buffer.alloc(512))).rejects.toMatchObject({ code: 'E_READ_ONLY' });
     await expect(h.write(1, 0, Buffer.alloc(65536))).rejects.toMatchObject({ code: 'E_READ_ONLY' });
+    await expect(h.write(1, 0, Buffer.alloc(256 * 1024))).rejects.toMatchObject({ code: 'E_READ_ONLY' });
     expect((await h.read(1, 0, 512)).length).toBe(512);
     await h.close();
   });
