@@ -19,8 +19,17 @@
  *   ws.bufferedAmount < highWaterMark and wait in our queue otherwise.
  *   queuedBytes = our queue + ws.bufferedAmount; the replicator bounds it.
  *   Nothing survives a session: the queue is discarded on disconnect.
+ * - Batching: send() only queues; a setImmediate at the end of the loop turn
+ *   sends the whole queue with the TCP socket corked, so every record queued
+ *   in that turn leaves in one writev instead of one syscall each (at most one
+ *   loop turn of extra latency). Only some sends carry a completion
+ *   callback (the last of a batch, and one per SEND_CALLBACK_BYTES): the
+ *   callbacks fire in order, so 'drain' still follows the bytes, without one
+ *   event per record.
+ * - Frames are sent with an all-zero mask (see zeroMask).
  */
 import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { ReplError } from '../common/errors';
 import { Logger } from '../common/log';
@@ -182,6 +191,25 @@ export interface LinkStatus {
   lastError: string | null;
 }
 
+/**
+ * Client frames must carry a mask (RFC 6455), but the key is ours to choose.
+ * Masking exists so a browser's script cannot make an intercepting proxy see
+ * attacker-chosen bytes as a request and poison its cache; our peer is always
+ * our own hub, over loopback or TLS, with no script in the loop, so the mask
+ * buys nothing. With an all-zero key ws skips the XOR and the copy on our side
+ * (sender.js frame(): skipMasking) and the hub's receiver skips the unmask
+ * (receiver.js: unmask only when the key is non-zero): about a third of the
+ * agent's CPU during a bulk sync went to masking before this.
+ */
+export function zeroMask(mask: Buffer): void {
+  mask.fill(0);
+}
+
+/** Bytes after which a send carries a completion callback even inside one batch. */
+export const SEND_CALLBACK_BYTES = 256 * 1024;
+/** Largest WebSocket frame header: 2 bytes, 8 of extended length, 4 of mask. */
+const MAX_FRAME_HEADER = 14;
+
 export class HubLink extends EventEmitter<HubLinkEvents> {
   private st: LinkState = 'idle';
   private ws: WebSocket | null = null;
@@ -197,6 +225,10 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
   private lastError: string | null = null;
   private streamingWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   private readonly hwm: number;
+  /** The session's TCP socket (from the 'upgrade' response), corked while a batch builds. */
+  private socket: Socket | null = null;
+  /** Pending end-of-turn flush of the queue. */
+  private flushTimer: NodeJS.Immediate | null = null;
 
   constructor(private readonly options: HubLinkOptions) {
     super();
@@ -290,6 +322,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
           handshakeTimeout: o.handshakeTimeoutMs ?? 10_000,
           maxPayload: MAX_MESSAGE_BYTES,
           perMessageDeflate: false,
+          generateMask: zeroMask,
         });
       } catch (err) {
         this.lastError = (err as Error).message;
@@ -312,7 +345,10 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
         this.lastError = 'handshake timed out';
         ws.terminate();
       }, o.handshakeTimeoutMs ?? 10_000);
-      ws.on('upgrade', (res) => res.socket.setNoDelay(true));
+      ws.on('upgrade', (res) => {
+        res.socket.setNoDelay(true);
+        this.socket = res.socket;
+      });
       ws.on('open', () => {
         this.transition('handshaking', 'socket open');
         heartbeat.start();
@@ -335,6 +371,9 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
       ws.on('close', (code, reason) => {
         clearTimeout(handshakeTimer);
         heartbeat.stop();
+        if (this.flushTimer) clearImmediate(this.flushTimer);
+        this.flushTimer = null;
+        this.socket = null;
         this.ws = null;
         this.queue = [];
         this.queueBytes = 0;
@@ -409,22 +448,42 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
     const buf = encodeAgentMessage(msg);
     this.queue.push(buf);
     this.queueBytes += buf.length;
-    this.pump();
+    if (!this.flushTimer) this.flushTimer = setImmediate(this.flush);
     return true;
   }
 
+  /** End of the loop turn: everything queued in it goes out as one batch. */
+  private readonly flush = (): void => {
+    this.flushTimer = null;
+    this.pump();
+  };
+
   private pump(): void {
     const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    if (!ws || ws.readyState !== WebSocket.OPEN || this.queue.length === 0) return;
+    // corked: the frames of this batch leave in one writev (Node counts nested
+    // corks, so ws's own cork/uncork per frame does not flush early)
+    this.socket?.cork();
+    let sinceCallback = 0;
     while (this.queue.length > 0 && ws.bufferedAmount < this.hwm) {
       const buf = this.queue.shift()!;
       this.queueBytes -= buf.length;
-      ws.send(buf, { binary: true }, () => {
-        this.pump();
-        this.emit('drain');
-      });
+      sinceCallback += buf.length;
+      // the last message this pump sends always carries the callback (it re-pumps);
+      // MAX_FRAME_HEADER: the frame header counts in bufferedAmount too
+      const last = this.queue.length === 0 || ws.bufferedAmount + buf.length + MAX_FRAME_HEADER >= this.hwm;
+      if (last || sinceCallback >= SEND_CALLBACK_BYTES) {
+        sinceCallback = 0;
+        ws.send(buf, { binary: true }, this.onSent);
+      } else ws.send(buf, { binary: true });
     }
+    this.socket?.uncork();
   }
+
+  private readonly onSent = (): void => {
+    this.pump();
+    this.emit('drain');
+  };
 
   /** Ends the current session (if any) so the loop reconnects after a backoff. */
   disconnect(reason: string): void {
@@ -437,6 +496,7 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
     this.abort.abort();
     const ws = this.ws;
     if (ws) {
+      this.pump(); // what was queued this turn (the goodbye) goes before the close frame
       const closed = new Promise<void>((r) => ws.once('close', () => r()));
       ws.close(1000, 'agent stopping');
       const t = setTimeout(() => ws.terminate(), 2000);
