@@ -318,4 +318,26 @@ describe('NVMe/TCP target against misbehaving peers', () => {
     await h.close();
     await expectHealthy();
   });
+  it('stops reading commands while a host does not read its replies, and resumes on drain', async () => {
+    await startTarget({});
+    const { cntlid } = await rawAdmin();
+    const io = await rawIo(cntlid);
+    io.socket.pause();
+    const before = target.stats().commands;
+    // 200 x 256 KiB reads, sent one by one so each arrives in its own chunk; without a bound
+    // on unsent replies the target would parse them all and queue 50 MiB
+    const n = 200;
+    for (let i = 0; i < n; i++) {
+      io.send(capsule({ opcode: IoOpcode.READ, cid: 10 + i, nsid: 1, cdw10: 2048, cdw12: 511, dataLength: 256 * 1024 }));
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    // 4 MiB in the socket plus the kernel's loopback buffers, far from all 200
+    expect(target.stats().commands - before).toBeLessThan(n * 0.75);
+    io.socket.resume();
+    expect((await io.response(10 + n - 1, 10_000))?.status).toBe(0);
+    expect(target.stats().commands - before).toBe(n);
+    const data = io.pdus.filter((p) => p.type === PduType.C2H_DATA && p.header.readUInt16LE(8) === 10);
+    expect(Buffer.concat(data.map((p) => p.data!)).equals(GOLDEN)).toBe(true);
+  });
 });
