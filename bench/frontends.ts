@@ -121,7 +121,8 @@ export async function benchFrontends(dir: string, log: (s: string) => void): Pro
       results.push(await qemuImgBench(w, `nbd://127.0.0.1:${ready.nbd.port}/vol`, 'repagent-nbd'));
       log(`  repagent nbd ${w.name} done`);
     }
-    const host = await NvmeTcpHost.connect({ host: '127.0.0.1', port: ready.nvme.port, subnqn: ready.nqn, ioQueues: 2, queueDepth: 64 });
+    // one I/O queue, like qemu-img's single NBD connection: a like-for-like client
+    const host = await NvmeTcpHost.connect({ host: '127.0.0.1', port: ready.nvme.port, subnqn: ready.nqn, ioQueues: 1, queueDepth: 64 });
     try {
       for (const w of WORKLOADS) {
         results.push(await nvmeBench(w, host, 'repagent-nvme'));
