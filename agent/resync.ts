@@ -11,6 +11,13 @@
  * matches the volume: a live write after the unlock lands after the resync
  * record in the stream.
  *
+ * Reads go in groups (groupReads: up to readsInFlight consecutive reads
+ * spanning at most readsInFlight * maxReadBytes): one lock over the group's
+ * span, all its reads issued together, records queued in LBA order as each
+ * read arrives, then unlock. The lock still covers read and queueing of every
+ * region, so the argument above holds unchanged; device reads just overlap
+ * the CPU work (CRC, encoding) of the reads before them.
+ *
  * runResync plans in windows of at most `windowReads` reads from a cursor, so
  * memory stays bounded on a FULL sync of a large volume, and re-plans from the
  * start when it reaches the end: regions dropped back into resend behind the
@@ -39,6 +46,7 @@ export interface ResyncLimits {
 }
 
 export const DEFAULT_MAX_READ_BYTES = 1024 * 1024;
+export const DEFAULT_READS_IN_FLIGHT = 4;
 
 /** Pure: the reads that ship every set region of `bitmap` from fromRegion on, in LBA order. */
 export function planResync(bitmap: DirtyBitmap, limits: ResyncLimits): ResyncRead[] {
@@ -158,6 +166,8 @@ export interface ResyncContext {
   signal: AbortSignal;
   maxReadBytes?: number;
   windowReads?: number;
+  /** Reads of one group in flight at once (default DEFAULT_READS_IN_FLIGHT). */
+  readsInFlight?: number;
   /** Called after each read was queued with the bytes it covered. */
   onProgress(bytes: number): void;
 }
@@ -165,6 +175,8 @@ export interface ResyncContext {
 export async function runResync(ctx: ResyncContext): Promise<void> {
   const { regions, signal } = ctx;
   const maxReadBytes = ctx.maxReadBytes ?? DEFAULT_MAX_READ_BYTES;
+  const depth = Math.max(1, ctx.readsInFlight ?? DEFAULT_READS_IN_FLIGHT);
+  const maxSpan = depth * Math.max(1, Math.floor(maxReadBytes / regions.bitmap.regionSize));
   let cursor = 0;
   for (;;) {
     if (signal.aborted) throw ReplError.closed('resync aborted');
@@ -174,31 +186,74 @@ export async function runResync(ctx: ResyncContext): Promise<void> {
       cursor = 0;
       continue;
     }
-    for (const read of reads) {
-      await ctx.bucket.take(read.length, signal);
-      await ctx.waitForRoom(read.length, signal);
-      await shipRead(ctx, read);
-      ctx.onProgress(read.length);
-      cursor = read.end;
+    for (const group of groupReads(reads, depth, maxSpan)) {
+      let bytes = 0;
+      for (const read of group) {
+        await ctx.bucket.take(read.length, signal);
+        bytes += read.length;
+      }
+      await ctx.waitForRoom(bytes, signal);
+      await shipGroup(ctx, group);
+      cursor = group[group.length - 1]!.end;
     }
   }
 }
 
-async function shipRead(ctx: ResyncContext, read: ResyncRead): Promise<void> {
+/** Pure: consecutive reads in groups of at most `depth` spanning at most `maxSpan` regions. */
+export function groupReads(reads: ResyncRead[], depth: number, maxSpan: number): ResyncRead[][] {
+  const out: ResyncRead[][] = [];
+  let cur: ResyncRead[] = [];
+  for (const r of reads) {
+    if (cur.length > 0 && (cur.length >= depth || r.end - cur[0]!.start > maxSpan)) {
+      out.push(cur);
+      cur = [];
+    }
+    cur.push(r);
+  }
+  if (cur.length > 0) out.push(cur);
+  return out;
+}
+
+/**
+ * One lock over the whole group's span, all its reads in flight at once,
+ * records queued strictly in LBA order as the reads arrive: the device reads
+ * overlap the CRC/encoding of earlier reads, and the lock still covers read
+ * and queueing of every region in the group (regions between the reads are
+ * only held a little longer).
+ */
+async function shipGroup(ctx: ResyncContext, group: ResyncRead[]): Promise<void> {
   const { regions } = ctx;
-  await regions.lockForResync(read.start, read.end);
+  const first = group[0]!;
+  await regions.lockForResync(first.start, group[group.length - 1]!.end);
+  let pending: (Promise<Buffer> | null)[] = [];
   try {
     if (ctx.signal.aborted) throw ReplError.closed('resync aborted');
     // only regions still needing a resend (another path may have shipped some meanwhile)
-    if (regions.resend.countSet(read.start, read.end) === 0) return;
-    const data = await ctx.device.read(read.offset, read.length);
-    let epoch: number | null = null;
-    for (const piece of splitZeroRuns(data, read.offset, regions.bitmap.regionSize)) {
-      epoch = ctx.send(piece);
-      if (epoch === null) throw ReplError.closed('session ended during resync');
+    pending = group.map((read) => {
+      if (regions.resend.countSet(read.start, read.end) === 0) return null;
+      const p = ctx.device.read(read.offset, read.length);
+      p.catch(() => undefined); // a later read's failure surfaces when it is awaited (or is moot)
+      return p;
+    });
+    for (let i = 0; i < group.length; i++) {
+      const read = group[i]!;
+      const p = pending[i];
+      if (p) queueRead(ctx, read, await p);
+      ctx.onProgress(read.length);
     }
-    if (epoch !== null) regions.resyncQueued(read.start, read.end, epoch);
   } finally {
+    // never unlock while a read of the locked range is still running
+    await Promise.allSettled(pending.filter((p): p is Promise<Buffer> => p !== null));
     regions.unlock();
   }
+}
+
+function queueRead(ctx: ResyncContext, read: ResyncRead, data: Buffer): void {
+  if (ctx.signal.aborted) throw ReplError.closed('resync aborted');
+  let epoch: number | null = null;
+  for (const piece of splitZeroRuns(data, read.offset, ctx.regions.bitmap.regionSize)) {
+    epoch = ctx.send(piece);
+    if (epoch === null) throw ReplError.closed('session ended during resync');
+  }
+  if (epoch !== null) ctx.regions.resyncQueued(read.start, read.end, epoch);
 }

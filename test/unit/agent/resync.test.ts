@@ -1,5 +1,7 @@
 import { DirtyBitmap } from '../../../agent/dirty-bitmap';
-import { Clock, planResync, splitZeroRuns, TokenBucket } from '../../../agent/resync';
+import { RegionState } from '../../../agent/region-state';
+import { Clock, groupReads, planResync, ResyncPiece, runResync, splitZeroRuns, TokenBucket } from '../../../agent/resync';
+import { MemoryDevice } from '../../../common/block/memory-device';
 
 const K = 1024;
 
@@ -65,5 +67,62 @@ describe('TokenBucket', () => {
   test('rate 0 is unlimited', () => {
     const b = new TokenBucket(0, 0, manual());
     for (let i = 0; i < 10; i++) expect(b.reserve(1 << 30)).toBe(0);
+  });
+});
+
+describe('groupReads', () => {
+  const r = (start: number, end: number) => ({ start, end, offset: start * 64 * K, length: (end - start) * 64 * K });
+  test('groups of at most depth reads, a group never spans more than maxSpan regions', () => {
+    const reads = [r(0, 16), r(16, 32), r(32, 48), r(48, 64), r(64, 70), r(200, 201), r(202, 203)];
+    expect(groupReads(reads, 4, 64).map((g) => g.map((x) => x.start))).toEqual([[0, 16, 32, 48], [64], [200, 202]]);
+    expect(groupReads(reads, 1, 64).length).toBe(reads.length);
+    expect(groupReads([], 4, 64)).toEqual([]);
+  });
+});
+
+describe('runResync with reads in flight', () => {
+  test('overlaps reads, queues in LBA order under one lock, clears resend, keeps live writes out', async () => {
+    const REGION = 64 * K;
+    const size = 64 * REGION;
+    const dev = new MemoryDevice(size);
+    for (let i = 0; i < 64; i++) await dev.write(i * REGION, Buffer.alloc(REGION, i + 1));
+    const bitmap = new DirtyBitmap(REGION, size);
+    bitmap.setRange(0, 64);
+    const regions = new RegionState(bitmap);
+    let inFlight = 0;
+    let maxInFlight = 0;
+    const slow: typeof dev.read = async (offset, length) => {
+      inFlight++;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+      // later reads finish first: queueing must still follow LBA order
+      await new Promise((res) => setTimeout(res, 20 - (offset / size) * 15));
+      inFlight--;
+      return dev.read(offset, length);
+    };
+    const sent: ResyncPiece[] = [];
+    let liveBlocked = 0;
+    const done = runResync({
+      regions,
+      device: Object.assign(Object.create(dev) as MemoryDevice, { read: slow }),
+      bucket: new TokenBucket(0, 0),
+      signal: new AbortController().signal,
+      maxReadBytes: 4 * REGION,
+      readsInFlight: 4,
+      send: (p) => {
+        sent.push(p);
+        if (regions.waitUnlocked(p.offset / REGION, p.offset / REGION + 1)) liveBlocked++;
+        return 7;
+      },
+      waitForRoom: () => Promise.resolve(),
+      onProgress: () => undefined,
+    });
+    await done;
+    expect(maxInFlight).toBe(4);
+    expect(sent.map((p) => p.offset)).toEqual([...sent.map((p) => p.offset)].sort((a, b) => a - b));
+    expect(sent.reduce((n, p) => n + p.length, 0)).toBe(size);
+    expect(sent[5]!.data![0]).toBe(sent[5]!.offset / REGION + 1); // each record carries its own read's bytes
+    expect(liveBlocked).toBe(sent.length); // every record was queued while its region was locked
+    expect(regions.resendBytes).toBe(0);
+    expect(regions.waitUnlocked(0, 64)).toBeNull();
   });
 });
