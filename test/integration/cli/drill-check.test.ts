@@ -16,10 +16,16 @@ import { FakeRecoveryHub } from './fake-recovery-hub';
 
 const ROOT = path.join(__dirname, '..', '..', '..');
 
+/** Running (a zombie counts as dead: its reaper may be a PID 1 that never reaps). */
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
+  } catch {
+    return false;
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }
