@@ -14,6 +14,7 @@
  */
 import * as net from 'node:net';
 import { BlockDevice } from '../block/device';
+import { listenOn, serverAddress } from '../listen';
 import { ReplError } from '../errors';
 import { Logger, silentLogger } from '../log';
 import { ConnectionLimits, NbdConnection } from './connection';
@@ -99,27 +100,14 @@ export class NbdServer {
     if (this.closing) return Promise.reject(ReplError.closed('NBD server'));
     const server = net.createServer((socket) => this.onConnection(socket));
     this.server = server;
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => {
-        this.server = null;
-        reject(new ReplError('E_IO', `cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));
-      };
-      server.once('error', onError);
-      server.listen(port, host, () => {
-        server.off('error', onError);
-        server.on('error', (err) => this.logger.error({ err }, 'nbd listener error'));
-        const addr = this.address();
-        if (!addr) return reject(ReplError.internal('listening socket has no address'));
-        this.logger.info(addr, 'nbd server listening');
-        resolve(addr);
-      });
+    return listenOn(server, host, port, this.logger, 'nbd server').catch((err: unknown) => {
+      this.server = null;
+      throw err;
     });
   }
 
   address(): { host: string; port: number } | null {
-    const a = this.server?.address();
-    if (!a || typeof a === 'string') return null;
-    return { host: a.address, port: a.port };
+    return serverAddress(this.server);
   }
 
   close(): Promise<void> {

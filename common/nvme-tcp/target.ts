@@ -10,6 +10,7 @@
  * raise a discovery-change AER on discovery controllers that asked for it.
  */
 import * as net from 'node:net';
+import { listenOn, serverAddress } from '../listen';
 import { ReplError } from '../errors';
 import { Logger, silentLogger } from '../log';
 import type { BlockDevice } from '../block/device';
@@ -155,22 +156,14 @@ export class NvmeTcpTarget {
     if (this.closing) return Promise.reject(ReplError.closed('target'));
     const server = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
     this.server = server;
-    return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        server.on('error', (err) => this.logger.error({ err }, 'listener error'));
-        const addr = this.address()!;
-        this.logger.info(addr, 'NVMe/TCP target listening');
-        resolve(addr);
-      });
+    return listenOn(server, host, port, this.logger, 'NVMe/TCP target').catch((err: unknown) => {
+      this.server = null;
+      throw err;
     });
   }
 
   address(): { host: string; port: number } | null {
-    const a = this.server?.address();
-    if (!a || typeof a === 'string') return null;
-    return { host: a.address, port: a.port };
+    return serverAddress(this.server);
   }
 
   /** Stops listening and closes every connection; idempotent. */
