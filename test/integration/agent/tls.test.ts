@@ -2,12 +2,12 @@
  * The agent streams to a hub over wss:// when it trusts the hub's certificate
  * (caFile), and never connects when it does not.
  */
-import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 import { Agent, createAgent } from '../../../agent';
 import { testLogger } from '../../../common/log';
 import { createHub, Hub } from '../../../hub';
 import { useTmpDir } from '../../helpers/tmpdir';
+import { selfSignedCert } from '../../helpers/tls';
 import { describeWithTools } from '../../helpers/tools';
 import { sleep, waitFor } from '../../helpers/wait-for';
 
@@ -25,12 +25,7 @@ describeWithTools(['openssl'])('agent over TLS', () => {
   });
 
   async function startHub(): Promise<{ port: number; cert: string }> {
-    const cert = path.join(tmp.path, 'cert.pem');
-    const key = path.join(tmp.path, 'key.pem');
-    execFileSync('openssl', [
-      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1',
-      '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
-    ], { stdio: 'ignore' });
+    const { cert, key } = selfSignedCert(tmp.path);
     hub = createHub({
       listen: { host: '127.0.0.1', port: 0 },
       dataDir: path.join(tmp.path, 'hub'),

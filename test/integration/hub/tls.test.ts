@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
 import * as path from 'node:path';
@@ -6,6 +5,7 @@ import { testLogger } from '../../../common/log';
 import { createHub, Hub } from '../../../hub';
 import { FakeAgent, makeHello } from '../../helpers/fake-agent';
 import { useTmpDir } from '../../helpers/tmpdir';
+import { selfSignedCert } from '../../helpers/tls';
 import { describeWithTools } from '../../helpers/tools';
 
 const tmp = useTmpDir('hub-tls-');
@@ -18,12 +18,7 @@ describeWithTools(['openssl'])('hub over TLS', () => {
   });
 
   it('serves wss:// replication and https:// status with the given certificate', async () => {
-    const cert = path.join(tmp.path, 'cert.pem');
-    const key = path.join(tmp.path, 'key.pem');
-    execFileSync('openssl', [
-      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1',
-      '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
-    ], { stdio: 'ignore' });
+    const { cert, key } = selfSignedCert(tmp.path);
     hub = createHub({
       listen: { host: '127.0.0.1', port: 0 },
       dataDir: path.join(tmp.path, 'data'),
