@@ -335,28 +335,9 @@ function validateFailbackDirty(d: FailbackDirty): void {
 }
 
 export function encodeAgentMessage(m: AgentMessage): Buffer {
-  switch (m.type) {
-    case 'hello':
-      return encodeEnvelope(AgentMessageType, 'hello', m.hello as unknown as Plain);
-    case 'write':
-      return encodeEnvelope(AgentMessageType, 'write', m.write as unknown as Plain);
-    case 'seal':
-      return encodeEnvelope(AgentMessageType, 'seal', m.seal as unknown as Plain);
-    case 'resyncBegin':
-      return encodeEnvelope(AgentMessageType, 'resyncBegin', m.resyncBegin as unknown as Plain);
-    case 'resyncEnd':
-      return encodeEnvelope(AgentMessageType, 'resyncEnd', m.resyncEnd as unknown as Plain);
-    case 'status':
-      return encodeEnvelope(AgentMessageType, 'status', m.status as unknown as Plain);
-    case 'goodbye':
-      return encodeEnvelope(AgentMessageType, 'goodbye', m.goodbye as unknown as Plain);
-    case 'failbackDirty':
-      return encodeEnvelope(AgentMessageType, 'failbackDirty', m.failbackDirty as unknown as Plain);
-    case 'failbackAck':
-      return encodeEnvelope(AgentMessageType, 'failbackAck', m.failbackAck as unknown as Plain);
-    case 'failbackApplied':
-      return encodeEnvelope(AgentMessageType, 'failbackApplied', m.failbackApplied as unknown as Plain);
-  }
+  // every union member carries its body under the key named by `type`, which is
+  // also the oneof field name in the envelope
+  return encodeEnvelope(AgentMessageType, m.type, (m as unknown as Record<string, Plain>)[m.type] as Plain);
 }
 
 export function decodeAgentMessage(buf: Buffer): AgentMessage {
@@ -394,24 +375,9 @@ export function decodeAgentMessage(buf: Buffer): AgentMessage {
 }
 
 export function encodeHubMessage(m: HubMessage): Buffer {
-  switch (m.type) {
-    case 'welcome':
-      return encodeEnvelope(HubMessageType, 'welcome', m.welcome as unknown as Plain);
-    case 'refuse':
-      return encodeEnvelope(HubMessageType, 'refuse', m.refuse as unknown as Plain);
-    case 'ack':
-      return encodeEnvelope(HubMessageType, 'ack', m.ack as unknown as Plain);
-    case 'goodbye':
-      return encodeEnvelope(HubMessageType, 'goodbye', m.goodbye as unknown as Plain);
-    case 'failbackBegin':
-      return encodeEnvelope(HubMessageType, 'failbackBegin', m.failbackBegin as unknown as Plain);
-    case 'failbackData':
-      return encodeEnvelope(HubMessageType, 'failbackData', m.failbackData as unknown as Plain);
-    case 'failbackEnd':
-      return encodeEnvelope(HubMessageType, 'failbackEnd', m.failbackEnd as unknown as Plain);
-    case 'failbackDone':
-      return encodeEnvelope(HubMessageType, 'failbackDone', m.failbackDone as unknown as Plain);
-  }
+  // every union member carries its body under the key named by `type`, which is
+  // also the oneof field name in the envelope
+  return encodeEnvelope(HubMessageType, m.type, (m as unknown as Record<string, Plain>)[m.type] as Plain);
 }
 
 export function decodeHubMessage(buf: Buffer): HubMessage {
