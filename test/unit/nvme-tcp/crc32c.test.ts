@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { crc32c, crc32cOf } from '../../../common/nvme-tcp/crc32c';
+import { CRC32C_IMPLEMENTATION, crc32c, crc32cOf, crc32cTables, NATIVE_MIN_BYTES } from '../../../common/nvme-tcp/crc32c';
 
 /** Bit-at-a-time reference, independent of the table code. */
 function reference(data: Uint8Array): number {
@@ -35,5 +35,26 @@ describe('crc32c', () => {
         expect(crc32cOf([data.subarray(0, at), data.subarray(at)])).toBe(expected);
       }),
     );
+  });
+
+  it('uses the native implementation on this platform (linux x64 has a prebuilt binary)', () => {
+    if (process.platform === 'linux' && process.arch === 'x64') expect(CRC32C_IMPLEMENTATION).toBe('native');
+  });
+
+  it('native and table implementations agree on large ranges, sub-ranges and chaining', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: NATIVE_MIN_BYTES, maxLength: 5000 }), fc.nat(), fc.nat(), fc.integer({ min: 0, max: 0xffffffff }), (data, a, b, seed) => {
+        const start = a % (data.length + 1);
+        const end = start + (b % (data.length - start + 1));
+        expect(crc32c(data, seed, start, end)).toBe(crc32cTables(data, seed, start, end));
+        expect(crc32c(data)).toBe(reference(data));
+      }),
+      { numRuns: 200 },
+    );
+    const big = Buffer.alloc(1 << 20);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 2654435761) >>> 24;
+    expect(crc32c(big)).toBe(crc32cTables(big));
+    const u8 = new Uint8Array(big.buffer, big.byteOffset + 3, 4096);
+    expect(crc32c(u8)).toBe(reference(u8));
   });
 });
