@@ -27,12 +27,21 @@
  *   callbacks fire in order, so 'drain' still follows the bytes, without one
  *   event per record.
  * - Frames are sent with an all-zero mask (see zeroMask).
+ * - Write records (the bulk of the stream) are encoded by proto/write-codec.ts
+ *   straight into 2 MiB slabs, one frame per record, each frame a view of its
+ *   slab (ws frames a zero-masked Buffer without copying it). A slab goes back
+ *   to a small free list once every frame cut from it has been written to the
+ *   socket (send callbacks fire in order, so the callback of a later frame
+ *   proves the earlier ones were written). A 4 KiB record therefore costs no
+ *   allocation of its own, and a large one a copy into warm memory instead of
+ *   a freshly faulted buffer. Slabs of a session that ends are left to the GC.
  */
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { ReplError } from '../common/errors';
 import { Logger } from '../common/log';
+import { encodedWriteBytes, encodeWriteInto } from '../proto/write-codec';
 import {
   Ack,
   AgentMessage,
@@ -209,12 +218,74 @@ export function zeroMask(mask: Buffer): void {
 export const SEND_CALLBACK_BYTES = 256 * 1024;
 /** Largest WebSocket frame header: 2 bytes, 8 of extended length, 4 of mask. */
 const MAX_FRAME_HEADER = 14;
+/** Slab size for encoded Write records, and how many idle slabs are kept. */
+export const SLAB_BYTES = 2 * 1024 * 1024;
+const FREE_SLABS = 8;
+
+interface Slab {
+  buf: Buffer;
+  /** Bytes handed out. */
+  used: number;
+  /** Frames cut from it that the socket has not written yet. */
+  refs: number;
+  /** No more frames will be cut from it (it is not the current slab). */
+  retired: boolean;
+}
+
+/** One queued frame and the slab it is a view of (null: its own buffer). */
+interface Frame {
+  buf: Buffer;
+  slab: Slab | null;
+}
+
+/** Slabs for encoded records: the current one, and a free list of written ones. */
+export class SlabPool {
+  private current: Slab | null = null;
+  private readonly free: Buffer[] = [];
+  readonly stats = { allocated: 0, reused: 0 };
+
+  /** A slab with `bytes` free at its `used` offset (null when bytes exceed a slab). */
+  take(bytes: number): Slab | null {
+    if (bytes > SLAB_BYTES) return null;
+    const cur = this.current;
+    if (cur && cur.used + bytes <= cur.buf.length) return cur;
+    if (cur) this.retire(cur);
+    const reused = this.free.pop();
+    if (reused) this.stats.reused++;
+    else this.stats.allocated++;
+    this.current = { buf: reused ?? Buffer.allocUnsafeSlow(SLAB_BYTES), used: 0, refs: 0, retired: false };
+    return this.current;
+  }
+
+  private retire(slab: Slab): void {
+    slab.retired = true;
+    if (slab.refs === 0) this.recycle(slab);
+  }
+
+  /** A frame cut from `slab` was written to the socket. */
+  release(slab: Slab): void {
+    slab.refs--;
+    if (slab.retired && slab.refs === 0) this.recycle(slab);
+  }
+
+  private recycle(slab: Slab): void {
+    if (this.free.length < FREE_SLABS) this.free.push(slab.buf);
+  }
+
+  /** The session ended: frames not written never come back; start afresh. */
+  reset(): void {
+    this.current = null;
+  }
+}
 
 export class HubLink extends EventEmitter<HubLinkEvents> {
   private st: LinkState = 'idle';
   private ws: WebSocket | null = null;
   /** Encoded messages waiting for ws.bufferedAmount to fall below the mark. */
-  private queue: Buffer[] = [];
+  private queue: Frame[] = [];
+  /** Frames handed to ws whose write is not confirmed yet (in send order); base = frames confirmed before list[0]. */
+  private unconfirmed: { list: (Slab | null)[]; base: number } = { list: [], base: 0 };
+  private readonly slabs = new SlabPool();
   private queueBytes = 0;
   private loop: Promise<void> | null = null;
   private readonly abort = new AbortController();
@@ -377,6 +448,8 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
         this.ws = null;
         this.queue = [];
         this.queueBytes = 0;
+        this.unconfirmed = { list: [], base: 0 };
+        this.slabs.reset();
         const why = `closed ${code}${reason.length ? ` ${reason.toString()}` : ''}`;
         if (this.st === 'streaming' || outcome === 'welcomed') this.emit('down', this.lastError ?? why);
         if (outcome !== 'refused' && !this.lastError) this.lastError = why;
@@ -445,9 +518,23 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
   /** Queues a message on the streaming session; false when there is none. */
   send(msg: AgentMessage): boolean {
     if (this.st !== 'streaming' || !this.ws) return false;
-    const buf = encodeAgentMessage(msg);
-    this.queue.push(buf);
-    this.queueBytes += buf.length;
+    let frame: Frame;
+    if (msg.type === 'write') {
+      const bytes = encodedWriteBytes(msg.write);
+      const slab = this.slabs.take(bytes);
+      if (slab) {
+        const start = slab.used;
+        slab.used = encodeWriteInto(slab.buf, start, msg.write);
+        slab.refs++;
+        frame = { buf: slab.buf.subarray(start, slab.used), slab };
+      } else {
+        const buf = Buffer.allocUnsafe(bytes);
+        encodeWriteInto(buf, 0, msg.write);
+        frame = { buf, slab: null };
+      }
+    } else frame = { buf: encodeAgentMessage(msg), slab: null };
+    this.queue.push(frame);
+    this.queueBytes += frame.buf.length;
     if (!this.flushTimer) this.flushTimer = setImmediate(this.flush);
     return true;
   }
@@ -466,24 +553,39 @@ export class HubLink extends EventEmitter<HubLinkEvents> {
     this.socket?.cork();
     let sinceCallback = 0;
     while (this.queue.length > 0 && ws.bufferedAmount < this.hwm) {
-      const buf = this.queue.shift()!;
+      const { buf, slab } = this.queue.shift()!;
       this.queueBytes -= buf.length;
       sinceCallback += buf.length;
+      const sent = this.unconfirmed;
+      sent.list.push(slab);
       // the last message this pump sends always carries the callback (it re-pumps);
       // MAX_FRAME_HEADER: the frame header counts in bufferedAmount too
       const last = this.queue.length === 0 || ws.bufferedAmount + buf.length + MAX_FRAME_HEADER >= this.hwm;
       if (last || sinceCallback >= SEND_CALLBACK_BYTES) {
         sinceCallback = 0;
-        ws.send(buf, { binary: true }, this.onSent);
+        const upTo = sent.base + sent.list.length;
+        ws.send(buf, { binary: true }, (err) => this.onSent(err, sent, upTo));
       } else ws.send(buf, { binary: true });
     }
     this.socket?.uncork();
   }
 
-  private readonly onSent = (): void => {
+  /**
+   * Every frame sent before number `upTo` is written (callbacks fire in send
+   * order). `sent` belongs to one session: a callback arriving after its
+   * session ended finds it replaced and releases nothing.
+   */
+  private onSent(err: Error | undefined, sent: HubLink['unconfirmed'], upTo: number): void {
+    if (sent === this.unconfirmed && !err) {
+      const n = upTo - sent.base;
+      if (n > 0) {
+        for (const slab of sent.list.splice(0, n)) if (slab) this.slabs.release(slab);
+        sent.base += n;
+      }
+    }
     this.pump();
     this.emit('drain');
-  };
+  }
 
   /** Ends the current session (if any) so the loop reconnects after a backoff. */
   disconnect(reason: string): void {
