@@ -12,6 +12,13 @@
  *  - { fua: true } makes that one call durable before it completes.
  * Callers validate ranges before calling (front ends answer the initiator with
  * an error status); implementations still assert with checkRange().
+ *
+ * Buffer ownership: write() may read `data` until its promise settles and
+ * keeps no reference to it afterwards; a device that needs the bytes later
+ * copies them (MemoryDevice copies into its chunks, the replication filter's
+ * replicator encodes the record and writes its reference log synchronously,
+ * the hub overlay writes to a scratch FileDevice). The front ends rely on this
+ * to recycle write payloads (common/block/buffer-pool.ts) once write() settled.
  */
 import { ReplError } from '../errors';
 

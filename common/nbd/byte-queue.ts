@@ -3,6 +3,9 @@
  * returns a view (no copy) when the n bytes sit inside one chunk, which is the
  * common case for request headers and for write payloads that arrived in one
  * piece; otherwise it copies exactly once into a buffer of n bytes.
+ * takeInto() copies into a caller's buffer (the NBD reader assembles large
+ * payloads in pooled buffers as they arrive); detach() copies what is queued
+ * out of the pushed chunks so their memory can be reused.
  */
 export class ByteQueue {
   private readonly chunks: Buffer[] = [];
@@ -41,6 +44,40 @@ export class ByteQueue {
       this.advance(k);
     }
     return out;
+  }
+
+  /** True when the next n bytes lie inside the first chunk (take(n) would return a view). */
+  firstChunkHolds(n: number): boolean {
+    const first = this.chunks[0];
+    return first !== undefined && first.length - this.head >= n;
+  }
+
+  /** Removes up to n bytes into dest at offset `at`; returns how many were copied. */
+  takeInto(dest: Buffer, at: number, n: number): number {
+    let filled = 0;
+    while (filled < n && this.chunks.length > 0) {
+      const c = this.chunks[0] as Buffer;
+      const k = Math.min(c.length - this.head, n - filled);
+      c.copy(dest, at + filled, this.head, this.head + k);
+      filled += k;
+      this.advance(k);
+    }
+    return filled;
+  }
+
+  /**
+   * Replaces the queued bytes by one copy the queue owns, so the memory of
+   * the pushed chunks may be reused (a socket reading into one static buffer).
+   */
+  detach(): void {
+    if (this.total === 0) {
+      this.chunks.length = 0;
+      this.head = 0;
+      return;
+    }
+    const own = Buffer.allocUnsafe(this.total);
+    this.takeInto(own, 0, this.total);
+    this.push(own);
   }
 
   /** Drops up to n bytes; returns how many were dropped. */

@@ -14,6 +14,11 @@
  * header + the device's buffer (no copy).
  * Protocol violations (bad magic, bad client flags, absurd lengths) close the
  * socket hard; the error never leaves this class.
+ * Reads: the accepted socket arrives paused and is moved to static-buffer
+ * reads (static-reads.ts); every chunk is then a view of a buffer the next
+ * read overwrites, so onData() leaves nothing queued that points into it
+ * (reader.detach()) and write payloads are always copies (pooled when large,
+ * released once the device write settled).
  */
 import * as net from 'node:net';
 import { Logger } from '../log';
@@ -38,6 +43,7 @@ import {
   encodeOptionError,
 } from './protocol';
 import { ReaderLimits, ServerEvent, ServerReader } from './server-reader';
+import { adoptStaticReads } from './static-reads';
 
 export type ConnectionState = 'handshake' | 'transmission' | 'draining' | 'closed';
 
@@ -87,15 +93,27 @@ export class NbdConnection {
   private readonly closedPromise: Promise<void>;
   private readonly log: Logger;
 
+  private readonly socket: net.Socket;
+  /** Chunks are views of the shared static read buffer (see the file header). */
+  private readonly transient: boolean;
+
+  /** `accepted` comes from a server created with pauseOnConnect. */
   constructor(
-    private readonly socket: net.Socket,
+    accepted: net.Socket,
     private readonly hooks: ConnectionHooks,
   ) {
-    this.reader = new ServerReader(hooks.limits);
+    const adopted = adoptStaticReads(accepted, (chunk) => this.onData(chunk));
+    const socket = adopted ?? accepted;
+    this.socket = socket;
+    this.transient = adopted !== null;
+    this.reader = new ServerReader(hooks.limits, { transientChunks: this.transient });
     this.log = hooks.logger.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
     this.closedPromise = new Promise((resolve) => socket.once('close', () => resolve()));
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (!adopted) {
+      socket.on('data', (chunk: Buffer) => this.onData(chunk));
+      socket.resume();
+    }
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'nbd socket error'));
     socket.on('close', () => this.onSocketClosed());
     socket.on('drain', () => {
@@ -143,6 +161,7 @@ export class NbdConnection {
   private onData(chunk: Buffer): void {
     this.reader.push(chunk);
     this.pump();
+    if (this.transient) this.reader.detach();
   }
 
   private canParse(): boolean {
@@ -256,10 +275,13 @@ export class NbdConnection {
     this.inFlightBytes += bytes;
     executeRequest(this.context(), req, payload).then(
       (replies) => {
+        // the device call settled: it keeps no reference to the payload (device.ts)
+        if (payload) this.reader.pool.release(payload);
         this.send(replies);
         this.requestDone(bytes);
       },
       (err) => {
+        if (payload) this.reader.pool.release(payload);
         this.log.error({ err }, 'nbd request handler failed');
         this.requestDone(bytes);
       },
@@ -336,6 +358,9 @@ export class NbdConnection {
     this.log.debug({ reason }, 'nbd connection closing');
     this.markClosed();
     this.socket.end();
+    // keep reading (the reader drops everything now) so the peer's hang-up is
+    // seen: a paused static-buffer socket would not notice EOF
+    this.socket.resume();
     setTimeout(() => this.socket.destroy(), 2000).unref();
   }
 

@@ -17,7 +17,17 @@
  *  - a WRITE payload up to maxPayload is delivered; a larger one is dropped
  *    as it arrives and reported as 'request-too-big' (the client gets EINVAL).
  * A bad magic throws ReplError('E_PROTOCOL'): the stream is out of sync.
+ *
+ * Payload memory: a WRITE payload that lies inside one pushed chunk is a
+ * view of it (no copy); otherwise it is copied, as its bytes arrive, into a
+ * buffer from `pool`, and the consumer hands that back with pool.release()
+ * once the device write settled (release() ignores views). With
+ * `transientChunks` a pushed chunk is only valid until the caller's next
+ * push (a socket reading into one reused buffer): payloads and option data
+ * are then always copied, and the caller calls detach() before it reuses
+ * the chunk's memory.
  */
+import { BufferPool, payloadPool } from '../block/buffer-pool';
 import { ReplError } from '../errors';
 import { ByteQueue } from './byte-queue';
 import {
@@ -39,6 +49,12 @@ export type ServerEvent =
   | { kind: 'request'; request: NbdRequest; payload: Buffer | null }
   | { kind: 'request-too-big'; request: NbdRequest };
 
+export interface ReaderOptions {
+  /** Pushed chunks are overwritten after push() returns (see the file header). */
+  transientChunks?: boolean;
+  pool?: BufferPool;
+}
+
 export interface ReaderLimits {
   maxOptionLength: number;
   maxOptionDiscard: number;
@@ -56,7 +72,7 @@ type Pending =
   | { what: 'header' }
   | { what: 'option-data'; option: number; length: number }
   | { what: 'option-skip'; option: number; length: number; remaining: number }
-  | { what: 'payload'; request: NbdRequest }
+  | { what: 'payload'; request: NbdRequest; buf: Buffer | null; filled: number }
   | { what: 'payload-skip'; request: NbdRequest; remaining: number };
 
 export class ServerReader {
@@ -65,8 +81,13 @@ export class ServerReader {
   private phaseValue: ReaderPhase = 'client-flags';
   private pending: Pending = { what: 'header' };
 
-  constructor(limits: Partial<ReaderLimits> = {}) {
+  readonly pool: BufferPool;
+  private readonly transient: boolean;
+
+  constructor(limits: Partial<ReaderLimits> = {}, options: ReaderOptions = {}) {
     this.limits = { ...DEFAULT_READER_LIMITS, ...limits };
+    this.pool = options.pool ?? payloadPool;
+    this.transient = options.transientChunks ?? false;
   }
 
   get phase(): ReaderPhase {
@@ -85,6 +106,19 @@ export class ServerReader {
 
   push(chunk: Buffer): void {
     if (this.phaseValue !== 'stopped') this.queue.push(chunk);
+  }
+
+  /** Copies the bytes still queued out of the pushed chunks (transientChunks). */
+  detach(): void {
+    this.queue.detach();
+  }
+
+  /** The next n queued bytes, owned by the caller (never a view of a transient chunk). */
+  private takeOwned(n: number): Buffer {
+    if (!this.transient) return this.queue.take(n);
+    const out = Buffer.allocUnsafe(n);
+    this.queue.takeInto(out, 0, n);
+    return out;
   }
 
   /** The next complete event, or null when more bytes are needed. */
@@ -119,7 +153,7 @@ export class ServerReader {
     if (p.what === 'option-data') {
       if (this.queue.length < p.length) return null;
       this.pending = { what: 'header' };
-      return { kind: 'option', option: p.option, data: this.queue.take(p.length) };
+      return { kind: 'option', option: p.option, data: this.takeOwned(p.length) };
     }
     if (p.what === 'option-skip') {
       p.remaining -= this.queue.skip(p.remaining);
@@ -141,13 +175,24 @@ export class ServerReader {
       this.pending =
         request.length > this.limits.maxPayload
           ? { what: 'payload-skip', request, remaining: request.length }
-          : { what: 'payload', request };
+          : { what: 'payload', request, buf: null, filled: 0 };
       return this.nextRequest();
     }
     if (p.what === 'payload') {
-      if (this.queue.length < p.request.length) return null;
+      const length = p.request.length;
+      if (p.buf === null) {
+        if (!this.transient && this.queue.length >= length && this.queue.firstChunkHolds(length)) {
+          this.pending = { what: 'header' };
+          return { kind: 'request', request: p.request, payload: this.queue.take(length) };
+        }
+        if (this.queue.length === 0) return null;
+        // length <= maxPayload was checked with the header
+        p.buf = this.pool.acquire(length);
+      }
+      p.filled += this.queue.takeInto(p.buf, p.filled, length - p.filled);
+      if (p.filled < length) return null;
       this.pending = { what: 'header' };
-      return { kind: 'request', request: p.request, payload: this.queue.take(p.request.length) };
+      return { kind: 'request', request: p.request, payload: p.buf };
     }
     if (p.what === 'payload-skip') {
       p.remaining -= this.queue.skip(p.remaining);

@@ -98,7 +98,8 @@ export class NbdServer {
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     if (this.server) return Promise.reject(ReplError.invalid('NBD server is already listening'));
     if (this.closing) return Promise.reject(ReplError.closed('NBD server'));
-    const server = net.createServer((socket) => this.onConnection(socket));
+    // paused: NbdConnection moves the socket to static-buffer reads before it reads anything
+    const server = net.createServer({ pauseOnConnect: true }, (socket) => this.onConnection(socket));
     this.server = server;
     return listenOn(server, host, port, this.logger, 'nbd server').catch((err: unknown) => {
       this.server = null;
@@ -142,14 +143,21 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    const conn = new NbdConnection(socket, {
-      exports: this.lookup,
-      logger: this.logger,
-      limits: this.limits,
-      onRequest: () => this.counters.requests++,
-      onProtocolError: () => this.counters.protocolErrors++,
-      onClosed: (c) => this.connections.delete(c),
-    });
+    let conn: NbdConnection;
+    try {
+      conn = new NbdConnection(socket, {
+        exports: this.lookup,
+        logger: this.logger,
+        limits: this.limits,
+        onRequest: () => this.counters.requests++,
+        onProtocolError: () => this.counters.protocolErrors++,
+        onClosed: (c) => this.connections.delete(c),
+      });
+    } catch (err) {
+      this.logger.error({ err, peer: socket.remoteAddress }, 'nbd connection setup failed');
+      socket.destroy();
+      return;
+    }
     this.connections.add(conn);
   }
 }

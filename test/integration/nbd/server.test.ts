@@ -28,6 +28,18 @@ class SlowReads extends MemoryDevice {
   }
 }
 
+/**
+ * A MemoryDevice that reads a write's data only after a random delay, the way
+ * a filter that awaits before forwarding does: a payload buffer recycled
+ * before write() settled would be stored with another write's bytes.
+ */
+class LateWrites extends MemoryDevice {
+  override async write(offset: number, data: Buffer): Promise<void> {
+    await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 4)));
+    return super.write(offset, data);
+  }
+}
+
 describe('NbdServer <-> NbdClient', () => {
   const tmp = useTmpDir('nbd-int-');
   let server: NbdServer;
@@ -114,6 +126,20 @@ describe('NbdServer <-> NbdClient', () => {
     const reads = await Promise.all(Array.from({ length: 256 }, (_, i) => c.read(i * 8192, 4096)));
     reads.forEach((r, i) => expect(r.equals(pattern(4096, i))).toBe(true));
     expect(server.stats().requests).toBeGreaterThanOrEqual(514);
+  });
+
+  it('keeps every pipelined large write intact while payload buffers are recycled', async () => {
+    server.addExport({ name: 'late', device: new LateWrites(16 * MiB) });
+    const c = await connect('late');
+    // sizes around the pool's classes, several rounds so released buffers get reused
+    const sizes = [128 * 1024, 128 * 1024 + 512, 64 * 1024, 256 * 1024, 20 * 1024, 512 * 1024];
+    const writes: Array<{ offset: number; data: Buffer }> = [];
+    for (let round = 0; round < 4; round++) {
+      const batch = sizes.map((len, i) => ({ offset: (round * sizes.length + i) * 512 * 1024, data: pattern(len, round * 10 + i) }));
+      await Promise.all(batch.map((w) => c.write(w.offset, w.data)));
+      writes.push(...batch);
+    }
+    for (const w of writes) expect((await c.read(w.offset, w.data.length)).equals(w.data)).toBe(true);
   });
 
   it('shares one device across connections (multi-conn)', async () => {

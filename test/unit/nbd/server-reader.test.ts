@@ -10,6 +10,7 @@ import {
   encodeOptionRequest,
   encodeRequest,
 } from '../../../common/nbd/protocol';
+import { BufferPool } from '../../../common/block/buffer-pool';
 import { ServerEvent, ServerReader } from '../../../common/nbd/server-reader';
 
 const payload = Buffer.from(Array.from({ length: 700 }, (_, i) => (i * 7) & 0xff));
@@ -124,6 +125,58 @@ describe('nbd ServerReader', () => {
     const ev = reader.next();
     expect(ev?.kind).toBe('request');
     if (ev?.kind === 'request') expect(ev.payload?.buffer).toBe(buf.buffer);
+  });
+
+  it('keeps nothing of a transient chunk: the same events when every chunk is overwritten after push', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 1, max: stream.length }), { maxLength: 20 }), (cuts) => {
+        const points = [...new Set(cuts)].sort((a, b) => a - b);
+        points.push(stream.length);
+        const reader = new ServerReader({}, { transientChunks: true });
+        const scratch = Buffer.alloc(stream.length);
+        const out: ServerEvent[] = [];
+        let prev = 0;
+        for (const p of points) {
+          // one reused buffer, as a socket reading into a static buffer delivers it
+          const n = stream.copy(scratch, 0, prev, p);
+          reader.push(scratch.subarray(0, n));
+          drain(reader, out);
+          reader.detach();
+          scratch.fill(0xee);
+          prev = p;
+        }
+        expect(reader.buffered).toBe(0);
+        expect(summary(out)).toEqual(expected);
+      }),
+    );
+  });
+
+  it('assembles a payload that spans chunks in a pooled buffer as its bytes arrive', () => {
+    const pool = new BufferPool({ minBytes: 16 * 1024, maxBytes: 1024 * 1024, maxFreeBytes: 1024 * 1024 });
+    const reader = new ServerReader({}, { pool });
+    reader.setPhase('transmission');
+    const big = Buffer.from(Array.from({ length: 40000 }, (_, i) => (i * 13) & 0xff));
+    const header = encodeRequest({ flags: 0, type: Cmd.WRITE, cookie: 7n, offset: 0, length: big.length });
+    reader.push(Buffer.concat([header, big.subarray(0, 1000)]));
+    expect(reader.next()).toBeNull();
+    // the bytes moved into the payload buffer: nothing stays queued
+    expect(reader.buffered).toBe(0);
+    reader.push(big.subarray(1000, 30000));
+    expect(reader.next()).toBeNull();
+    reader.push(big.subarray(30000));
+    const ev = reader.next();
+    expect(ev?.kind).toBe('request');
+    if (ev?.kind !== 'request' || !ev.payload) throw new Error('no payload');
+    expect(ev.payload.equals(big)).toBe(true);
+    expect(pool.stats).toMatchObject({ allocated: 1, leased: 1 });
+    pool.release(ev.payload);
+    expect(pool.stats).toMatchObject({ leased: 0, freeBytes: 65536 });
+    // the next payload of that size class reuses the buffer
+    reader.push(Buffer.concat([header, big.subarray(0, 5)]));
+    reader.push(big.subarray(5));
+    const again = reader.next();
+    expect(again?.kind === 'request' && again.payload?.buffer).toBe(ev.payload.buffer);
+    expect(pool.stats).toMatchObject({ allocated: 1, reused: 1, leased: 1 });
   });
 
   it('skips oversized option data and reports it after the data has been consumed', () => {
