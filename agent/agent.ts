@@ -17,6 +17,7 @@
 import * as fs from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { BlockDevice } from '../common/block/device';
+import { DirectReader } from '../common/block/direct-reader';
 import { FileDevice } from '../common/block/file-device';
 import { ReplError } from '../common/errors';
 import { Logger } from '../common/log';
@@ -106,6 +107,8 @@ interface Volume {
   activity: ActivityLog | null;
   replicator: Replicator | null;
   refLog: ReferenceLogWriter | null;
+  /** Page-cache-bypassing reads of the volume file for resync. */
+  bulk: DirectReader | null;
 }
 
 export function createAgent(config: AgentConfig): Agent {
@@ -162,7 +165,7 @@ class AgentImpl extends EventEmitter implements Agent {
     const ids = this.ids!;
     const dir = ids.volumeDir(v.name);
     const file = await FileDevice.open(v.path, { createSize: v.size });
-    const vol: Volume = { config: v, id: ids.volume(v.name, file.info.size), file, served: file, filter: null, activity: null, replicator: null, refLog: null };
+    const vol: Volume = { config: v, id: ids.volume(v.name, file.info.size), file, served: file, filter: null, activity: null, replicator: null, refLog: null, bulk: null };
     try {
       if (!c.hub) return vol;
       const h = c.hub;
@@ -179,12 +182,14 @@ class AgentImpl extends EventEmitter implements Agent {
       vol.id.generation = Math.max(vol.id.generation, recovery.bitmapGeneration);
       c.logger.info({ volume: v.name, ...recovery, hotExtents: recovery.hotExtents.length, dirtyBytes: log.bitmap.dirtyBytes() }, 'volume opened');
       const regions = new RegionState(log.bitmap);
+      vol.bulk = DirectReader.open(v.path);
       if (c.referenceLog) vol.refLog = await openReferenceLog(c.referenceLog, c.volumes.length > 1 ? v.name : null, recovery.clean, regions, file);
       vol.replicator = new Replicator({
         agentId: ids.agent.agentId,
         identity: vol.id,
         identityStore: ids,
         device: file,
+        bulkReader: vol.bulk,
         regions,
         persistBitmap: () => log.persistBitmap(),
         url: h.url,
@@ -227,6 +232,7 @@ class AgentImpl extends EventEmitter implements Agent {
     } catch (err) {
       vol.activity?.abandon();
       vol.refLog?.close();
+      await vol.bulk?.close();
       await file.close();
       throw err;
     }
@@ -304,6 +310,7 @@ class AgentImpl extends EventEmitter implements Agent {
     for (const v of this.volumes) await step(() => v.activity?.close());
     for (const v of this.volumes) {
       await step(() => v.refLog?.close());
+      await step(() => v.bulk?.close());
       await step(() => v.file.close());
     }
     if (errors.length > 0) throw errors[0];

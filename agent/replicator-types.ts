@@ -3,6 +3,7 @@
  * typed events the CLI renders (progress bars, state lines).
  */
 import { BlockDevice } from '../common/block/device';
+import type { BulkReader } from './resync';
 import { Logger } from '../common/log';
 import { Welcome } from '../proto/codec';
 import { BackoffPolicy, LinkState } from './hub-link';
@@ -19,6 +20,8 @@ export interface ReplicatorOptions {
   identityStore: IdentityStore;
   /** The device below the filter (resync reads). */
   device: BlockDevice;
+  /** Page-cache-bypassing reader of the same volume for resync (agent.ts: a DirectReader); device.read() when absent. */
+  bulkReader?: BulkReader;
   regions: RegionState;
   /** Persists the in-memory bitmap (activity-log.ts); used before a FULL sync. */
   persistBitmap(): Promise<void>;

@@ -30,7 +30,8 @@ import { ReplError } from '../common/errors';
 import { PROTOCOL_VERSION, SealReason, Welcome, WriteKind, WriteOrigin } from '../proto/codec';
 import { HubLink } from './hub-link';
 import { FailbackParticipant, ReplicationEvent, ReplicationStatus, ReplicatorOptions, ResyncProgress } from './replicator-types';
-import { ResyncPiece, runResync, TokenBucket } from './resync';
+import { alignedBuffer } from '../common/block/direct-reader';
+import { DEFAULT_MAX_READ_BYTES, DEFAULT_READS_IN_FLIGHT, ResyncPiece, runResync, TokenBucket } from './resync';
 
 export type { AckMode, FailbackParticipant, LinkFailurePolicy, ReplicationEvent, ReplicationStatus, ReplicatorOptions, ResyncProgress } from './replicator-types';
 
@@ -73,6 +74,8 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
   private readonly maxRecord: number;
   private closed = false;
   private failback: FailbackParticipant | null = null;
+  /** Resync read buffers for the bulk reader (allocated on first use, kept). */
+  private bulkBuffers: Buffer[] | null = null;
 
   constructor(private readonly o: ReplicatorOptions) {
     super();
@@ -285,6 +288,7 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
         await runResync({
           regions: this.o.regions,
           device: this.o.device,
+          bulk: this.bulk(),
           bucket,
           signal: s.abort.signal,
           send: (p) => this.sendResyncPiece(s, p),
@@ -306,6 +310,18 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
       this.o.logger.error({ err: (err as Error).message }, 'resync failed; restarting the session');
       this.link.disconnect(`resync failed: ${(err as Error).message}`);
     }
+  }
+
+  private bulk(): { reader: NonNullable<ReplicatorOptions['bulkReader']>; buffers: Buffer[] } | undefined {
+    const reader = this.o.bulkReader;
+    if (!reader) return undefined;
+    if (!this.bulkBuffers) {
+      const all = alignedBuffer(DEFAULT_READS_IN_FLIGHT * DEFAULT_MAX_READ_BYTES);
+      this.bulkBuffers = Array.from({ length: DEFAULT_READS_IN_FLIGHT }, (_, i) =>
+        all.subarray(i * DEFAULT_MAX_READ_BYTES, (i + 1) * DEFAULT_MAX_READ_BYTES),
+      );
+    }
+    return { reader, buffers: this.bulkBuffers };
   }
 
   private sendResyncPiece(s: Session, p: ResyncPiece): number | null {

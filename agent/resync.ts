@@ -18,6 +18,12 @@
  * region, so the argument above holds unchanged; device reads just overlap
  * the CPU work (CRC, encoding) of the reads before them.
  *
+ * Bulk reads (ctx.bulk, the agent's DirectReader): reads bypass the page
+ * cache into the context's own reusable buffers, one per read in flight
+ * (common/block/direct-reader.ts says why). A buffer is reused by the next
+ * group only, after every record of this group was queued, so `send` must
+ * copy piece.data before it returns (HubLink encodes into its slabs at once).
+ *
  * runResync plans in windows of at most `windowReads` reads from a cursor, so
  * memory stays bounded on a FULL sync of a large volume, and re-plans from the
  * start when it reaches the end: regions dropped back into resend behind the
@@ -154,11 +160,21 @@ export class TokenBucket {
   }
 }
 
+/** Page-cache-bypassing reads into caller buffers (common/block/direct-reader.ts). */
+export interface BulkReader {
+  readInto(offset: number, target: Buffer): Promise<void>;
+}
+
 export interface ResyncContext {
   regions: RegionState;
   /** The device below the replication filter. */
   device: BlockDevice;
-  /** Queues one record; returns its epoch, or null when the session is gone. */
+  /**
+   * Optional: read the volume with `reader` into `buffers` (at least
+   * readsInFlight of them, each >= maxReadBytes) instead of device.read().
+   */
+  bulk?: { reader: BulkReader; buffers: Buffer[] };
+  /** Queues one record (copying its data before it returns); returns its epoch, or null when the session is gone. */
   send(piece: ResyncPiece): number | null;
   /** Resolves when the send queue has room for `bytes` more (rejects when the session ends). */
   waitForRoom(bytes: number, signal: AbortSignal): Promise<void>;
@@ -176,6 +192,9 @@ export async function runResync(ctx: ResyncContext): Promise<void> {
   const { regions, signal } = ctx;
   const maxReadBytes = ctx.maxReadBytes ?? DEFAULT_MAX_READ_BYTES;
   const depth = Math.max(1, ctx.readsInFlight ?? DEFAULT_READS_IN_FLIGHT);
+  if (ctx.bulk && (ctx.bulk.buffers.length < depth || ctx.bulk.buffers.some((b) => b.length < maxReadBytes))) {
+    throw ReplError.internal(`resync: bulk reads need ${depth} buffers of ${maxReadBytes} bytes`);
+  }
   const maxSpan = depth * Math.max(1, Math.floor(maxReadBytes / regions.bitmap.regionSize));
   let cursor = 0;
   for (;;) {
@@ -229,9 +248,13 @@ async function shipGroup(ctx: ResyncContext, group: ResyncRead[]): Promise<void>
   try {
     if (ctx.signal.aborted) throw ReplError.closed('resync aborted');
     // only regions still needing a resend (another path may have shipped some meanwhile)
-    pending = group.map((read) => {
+    pending = group.map((read, i) => {
       if (regions.resend.countSet(read.start, read.end) === 0) return null;
-      const p = ctx.device.read(read.offset, read.length);
+      let p: Promise<Buffer>;
+      if (ctx.bulk) {
+        const target = ctx.bulk.buffers[i]!.subarray(0, read.length);
+        p = ctx.bulk.reader.readInto(read.offset, target).then(() => target);
+      } else p = ctx.device.read(read.offset, read.length);
       p.catch(() => undefined); // a later read's failure surfaces when it is awaited (or is moot)
       return p;
     });

@@ -126,3 +126,71 @@ describe('runResync with reads in flight', () => {
     expect(regions.waitUnlocked(0, 64)).toBeNull();
   });
 });
+
+describe('runResync with a bulk reader', () => {
+  test('reads into its reusable buffers (never device.read), every record carries its own bytes', async () => {
+    const REGION = 64 * K;
+    const size = 40 * REGION;
+    const dev = new MemoryDevice(size);
+    for (let i = 0; i < 40; i++) if (i % 5 !== 0) await dev.write(i * REGION, Buffer.alloc(REGION, i + 1)); // every 5th region stays zero
+    const bitmap = new DirtyBitmap(REGION, size);
+    bitmap.setRange(0, 40);
+    const regions = new RegionState(bitmap);
+    const buffers = [0, 1].map(() => Buffer.alloc(4 * REGION));
+    const targets = new Set<ArrayBufferLike>();
+    const reader = {
+      readInto: async (offset: number, target: Buffer): Promise<void> => {
+        targets.add(target.buffer);
+        await new Promise((res) => setTimeout(res, 5 - (offset / size) * 4));
+        (await dev.read(offset, target.length)).copy(target);
+      },
+    };
+    const device = Object.assign(Object.create(dev) as MemoryDevice, {
+      read: () => Promise.reject(new Error('device.read must not be used with a bulk reader')),
+    });
+    const sent: ResyncPiece[] = [];
+    await runResync({
+      regions,
+      device,
+      bulk: { reader, buffers },
+      bucket: new TokenBucket(0, 0),
+      signal: new AbortController().signal,
+      maxReadBytes: 4 * REGION,
+      readsInFlight: 2,
+      // send copies, as HubLink does: the buffers are reused by the next group
+      send: (p) => (sent.push({ ...p, data: p.data ? Buffer.from(p.data) : null }), 3),
+      waitForRoom: () => Promise.resolve(),
+      onProgress: () => undefined,
+    });
+    expect(targets.size).toBe(2); // only the two given buffers were read into
+    expect(sent.reduce((n, p) => n + p.length, 0)).toBe(size);
+    for (const p of sent) {
+      for (let r = p.offset / REGION; r < (p.offset + p.length) / REGION; r++) {
+        if (r % 5 === 0) expect(p.kind).toBe('zeroes');
+        else {
+          expect(p.kind).toBe('data');
+          expect(p.data![(r * REGION - p.offset)]).toBe(r + 1);
+        }
+      }
+    }
+    expect(regions.resendBytes).toBe(0);
+  });
+
+  test('refuses buffers smaller than a read', async () => {
+    const regions = new RegionState(new DirtyBitmap(64 * K, 64 * K * 4));
+    await expect(
+      runResync({
+        regions,
+        device: new MemoryDevice(64 * K * 4),
+        bulk: { reader: { readInto: () => Promise.resolve() }, buffers: [Buffer.alloc(K)] },
+        bucket: new TokenBucket(0, 0),
+        signal: new AbortController().signal,
+        maxReadBytes: 64 * K,
+        readsInFlight: 1,
+        send: () => 1,
+        waitForRoom: () => Promise.resolve(),
+        onProgress: () => undefined,
+      }),
+    ).rejects.toThrow(/bulk reads need/);
+  });
+});
