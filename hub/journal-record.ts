@@ -103,27 +103,32 @@ function getU64(buf: Buffer, at: number, field: string): number {
 
 /** Encodes a record header; `dataCrc` must already be the CRC32C of the payload. */
 export function encodeRecordHeader(h: RecordHeader): Buffer {
+  const buf = Buffer.alloc(RECORD_HEADER_BYTES);
+  encodeRecordHeaderInto(buf, 0, h);
+  return buf;
+}
+
+/** encodeRecordHeader into buf[at, at + 64) (the journal packs a batch's headers into one buffer). */
+export function encodeRecordHeaderInto(buf: Buffer, at: number, h: RecordHeader): void {
   const typeIndex = TYPES.indexOf(h.type);
   const reason = SEAL_REASONS.indexOf(h.sealReason);
   if (typeIndex < 0 || reason < 0) throw ReplError.internal(`journal: bad record type ${h.type}/${h.sealReason}`);
   if (h.type === 'data' ? h.dataLength !== h.length : h.dataLength !== 0) {
     throw ReplError.internal(`journal: ${h.type} record with ${h.dataLength} payload bytes`);
   }
-  const buf = Buffer.alloc(RECORD_HEADER_BYTES);
-  buf.writeUInt32LE(RECORD_MAGIC, 0);
-  buf.writeUInt8(FORMAT_VERSION, 4);
-  buf.writeUInt8(typeIndex + 1, 5);
-  buf.writeUInt16LE((h.resync ? 1 : 0) | (h.full ? 2 : 0) | (reason << 8), 6);
-  putU64(buf, 8, h.seq);
-  putU64(buf, 16, h.epoch);
-  putU64(buf, 24, h.offset);
-  putU64(buf, 32, h.length);
-  putU64(buf, 40, h.timeMs);
-  buf.writeUInt32LE(h.dataLength, 48);
-  buf.writeUInt32LE(h.salt >>> 0, 52);
-  buf.writeUInt32LE(h.dataCrc >>> 0, 56);
-  buf.writeUInt32LE(crc32c(buf, 0, 0, 60), 60);
-  return buf;
+  buf.writeUInt32LE(RECORD_MAGIC, at);
+  buf.writeUInt8(FORMAT_VERSION, at + 4);
+  buf.writeUInt8(typeIndex + 1, at + 5);
+  buf.writeUInt16LE((h.resync ? 1 : 0) | (h.full ? 2 : 0) | (reason << 8), at + 6);
+  putU64(buf, at + 8, h.seq);
+  putU64(buf, at + 16, h.epoch);
+  putU64(buf, at + 24, h.offset);
+  putU64(buf, at + 32, h.length);
+  putU64(buf, at + 40, h.timeMs);
+  buf.writeUInt32LE(h.dataLength, at + 48);
+  buf.writeUInt32LE(h.salt >>> 0, at + 52);
+  buf.writeUInt32LE(h.dataCrc >>> 0, at + 56);
+  buf.writeUInt32LE(crc32c(buf, 0, at, at + 60), at + 60);
 }
 
 export interface DecodeLimits {

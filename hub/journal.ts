@@ -36,7 +36,7 @@ import {
   SEGMENT_HEADER_BYTES,
   POSITION_SCALE,
   RecordHeader,
-  encodeRecordHeader,
+  encodeRecordHeaderInto,
   encodeSegmentHeader,
   ordinalOf,
   positionOf,
@@ -336,8 +336,12 @@ export class Journal {
     let start = this.active.writeOffset;
     let seq = this.durableSeq;
     let epoch = this.durableEpoch;
+    // every header of the batch goes into one buffer (one allocation, not one per record)
+    const headers = Buffer.allocUnsafe(RECORD_HEADER_BYTES * batch.length);
+    let h = 0;
     for (const p of batch) {
-      const data = p.input.data ?? NO_DATA;
+      const input = p.input;
+      const data = input.data ?? NO_DATA;
       const size = RECORD_HEADER_BYTES + data.length;
       if (this.active.writeOffset + size > this.active.file.size) {
         await this.active.file.write(buffers, start);
@@ -345,14 +349,24 @@ export class Journal {
         buffers = [];
         start = this.active.writeOffset;
       }
-      const { data: _data, dataCrc, ...fields } = p.input;
       const header: RecordHeader = {
-        ...fields,
+        type: input.type,
+        resync: input.resync,
+        full: input.full,
+        sealReason: input.sealReason,
+        seq: input.seq,
+        epoch: input.epoch,
+        offset: input.offset,
+        length: input.length,
+        timeMs: input.timeMs,
         dataLength: data.length,
         salt: this.active.meta.salt,
-        dataCrc: data.length === 0 ? 0 : (dataCrc ?? crc32c(data)),
+        dataCrc: data.length === 0 ? 0 : (input.dataCrc ?? crc32c(data)),
       };
-      buffers.push(encodeRecordHeader(header));
+      const at = h * RECORD_HEADER_BYTES;
+      encodeRecordHeaderInto(headers, at, header);
+      buffers.push(headers.subarray(at, at + RECORD_HEADER_BYTES));
+      h++;
       if (data.length > 0) buffers.push(data);
       const offset = this.active.writeOffset;
       entries.push({

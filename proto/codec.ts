@@ -175,6 +175,13 @@ function findProto(): string {
   throw ReplError.internal(`replication.proto not found (looked in ${candidates.join(', ')})`);
 }
 
+// 64-bit fields decode to plain numbers instead of Long objects (five per
+// Write record otherwise): our values stay below 2^53, and toNumber() below
+// refuses any decoded value that is not a safe integer, so a larger one on
+// the wire is still an error rather than a rounded number. Set before the
+// schema loads: field defaults and reader methods are fixed then.
+protobuf.util.Long = null as unknown as typeof protobuf.util.Long;
+protobuf.configure();
 const root = protobuf.loadSync(findProto());
 const AgentMessageType = root.lookupType('blockrep.v1.AgentMessage');
 const HubMessageType = root.lookupType('blockrep.v1.HubMessage');

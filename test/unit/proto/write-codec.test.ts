@@ -67,4 +67,16 @@ describe('hand-rolled Write encoder', () => {
     expect(() => encodeWriteInto(Buffer.alloc(64), 0, { ...w, seq: -1 })).toThrow(/seq/);
     expect(() => encodeWriteInto(Buffer.alloc(64), 0, { ...w, offset: 2 ** 60 })).toThrow(/offset/);
   });
+
+  test('the decoder refuses 64-bit values beyond 2^53 instead of rounding them', () => {
+    // AgentMessage{write{seq = 2^60}}: varint of 2^60 is eight 0x80 bytes then 0x10
+    const seq = [0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10];
+    const msg = Buffer.from([0x12, seq.length, ...seq]);
+    expect(() => decodeAgentMessage(msg)).toThrow(/seq out of range/);
+    // 2^53 - 1 is fine
+    const ok = Buffer.alloc(64);
+    const w: Write = { seq: Number.MAX_SAFE_INTEGER, epoch: 1, offset: 0, length: 8, kind: 'zeroes', origin: 'live', data: Buffer.alloc(0), crc32c: 0, timeMs: 1 };
+    const end = encodeWriteInto(ok, 0, w);
+    expect(decodeAgentMessage(ok.subarray(0, end))).toEqual({ type: 'write', write: w });
+  });
 });
