@@ -4,6 +4,14 @@
  *   - qemu-img bench -> repagent NBD export
  *   - our NVMe/TCP initiator -> repagent NVMe/TCP target
  * on the same kind of sparse file, in the same run. Ratios are ours/nbdkit.
+ *
+ * Rounds: ROUNDS times, each target in turn gets a fresh sparse file and a
+ * fresh process; the best round per row counts (the machine may be shared).
+ * Steady state: before its timed runs every target gets the same untimed
+ * warm-up pass (every workload, WARMUP_OPS operations each, in the upper half
+ * of the volume, so the timed writes still land on unallocated blocks). For
+ * the agent this lets the JIT finish (a cold agent runs 4k QD1 ~3x slower for
+ * its first few thousand requests); nbdkit and the kernel get the same pass.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -19,14 +27,24 @@ export interface Workload {
   count: number;
   /** qemu-img bench step: a large odd multiple of the block size spreads I/O over the file. */
   step: number;
+  /** Start offset (qemu-img bench -o); 0 for the timed runs. */
+  offset?: number;
 }
 
 export const WORKLOADS: Workload[] = [
-  { name: '4k-randwrite-qd1', write: true, size: 4096, depth: 1, count: 4000, step: 4096 * 7919 },
+  { name: '4k-randwrite-qd1', write: true, size: 4096, depth: 1, count: 20000, step: 4096 * 7919 },
   { name: '4k-randwrite-qd32', write: true, size: 4096, depth: 32, count: 30000, step: 4096 * 7919 },
   { name: '4k-randread-qd32', write: false, size: 4096, depth: 32, count: 30000, step: 4096 * 7919 },
   { name: '128k-seqwrite-qd8', write: true, size: 131072, depth: 8, count: 4000, step: 131072 },
 ];
+
+/** Operations per workload in the warm-up pass. */
+export const WARMUP_OPS = 5000;
+
+/** The untimed warm-up variant of a workload (see the file header). */
+export function warmupOf(w: Workload): Workload {
+  return { ...w, name: `${w.name}-warmup`, count: Math.min(w.count, WARMUP_OPS), offset: VOLUME_SIZE / 2 };
+}
 
 export interface Result {
   workload: string;
@@ -51,6 +69,7 @@ function result(w: Workload, target: string, seconds: number): Result {
 export async function qemuImgBench(w: Workload, uri: string, target: string): Promise<Result> {
   const args = ['bench', '-f', 'raw', '-c', String(w.count), '-d', String(w.depth), '-s', String(w.size), '-S', String(w.step)];
   if (w.write) args.push('-w');
+  if (w.offset) args.push('-o', String(w.offset));
   args.push(uri);
   const r = await run('qemu-img', args);
   const m = /Run completed in ([\d.]+) seconds/.exec(r.out);
@@ -61,7 +80,10 @@ export async function qemuImgBench(w: Workload, uri: string, target: string): Pr
 export async function nvmeBench(w: Workload, host: NvmeTcpHost, target: string): Promise<Result> {
   const buf = Buffer.alloc(w.size, 0x5a);
   let next = 0;
-  const offsetOf = (i: number): number => ((i * w.step) % VOLUME_SIZE) - (((i * w.step) % VOLUME_SIZE) % w.size);
+  const offsetOf = (i: number): number => {
+    const at = ((w.offset ?? 0) + i * w.step) % VOLUME_SIZE;
+    return at - (at % w.size);
+  };
   const worker = async (): Promise<void> => {
     while (next < w.count) {
       const off = offsetOf(next++);
@@ -93,46 +115,83 @@ export function makeSparse(file: string, size: number): void {
   fs.closeSync(fd);
 }
 
-export async function benchFrontends(dir: string, log: (s: string) => void): Promise<Result[]> {
-  const results: Result[] = [];
-  const baseFile = path.join(dir, 'nbdkit.img');
-  makeSparse(baseFile, VOLUME_SIZE);
-  const nbdkit = await startNbdkit(baseFile, dir);
+/** Timed-run rounds per target; the best round of each row counts. */
+export const ROUNDS = 3;
+
+type Target = 'nbdkit-file' | 'repagent-nbd' | 'repagent-nvme';
+const TARGETS: Target[] = ['nbdkit-file', 'repagent-nbd', 'repagent-nvme'];
+
+/** One round of one target: a fresh sparse file and process, the warm-up pass, then the timed rows. */
+async function benchTarget(target: Target, dir: string, log: (s: string) => void): Promise<Result[]> {
+  const file = path.join(dir, `${target}.img`);
+  makeSparse(file, VOLUME_SIZE);
+  const out: Result[] = [];
   try {
-    for (const w of WORKLOADS) {
-      results.push(await qemuImgBench(w, `nbd://127.0.0.1:${nbdkit.port}`, 'nbdkit-file'));
-      log(`  nbdkit ${w.name} done`);
-    }
-  } finally {
-    await nbdkit.stop();
-  }
-  const volFile = path.join(dir, 'agent.img');
-  makeSparse(volFile, VOLUME_SIZE);
-  const agent = await startBin('repagent', [
-    '--volume', `vol=${volFile}`,
-    '--nvme-listen', '127.0.0.1:0',
-    '--nbd-listen', '127.0.0.1:0',
-    '--state-dir', path.join(dir, 'agent-state'),
-    '--log-level', 'warn',
-  ]);
-  try {
-    const ready = agent.ready as { nbd: { port: number }; nvme: { port: number }; nqn: string };
-    for (const w of WORKLOADS) {
-      results.push(await qemuImgBench(w, `nbd://127.0.0.1:${ready.nbd.port}/vol`, 'repagent-nbd'));
-      log(`  repagent nbd ${w.name} done`);
-    }
-    // one I/O queue, like qemu-img's single NBD connection: a like-for-like client
-    const host = await NvmeTcpHost.connect({ host: '127.0.0.1', port: ready.nvme.port, subnqn: ready.nqn, ioQueues: 1, queueDepth: 64 });
-    try {
-      for (const w of WORKLOADS) {
-        results.push(await nvmeBench(w, host, 'repagent-nvme'));
-        log(`  repagent nvme ${w.name} done`);
+    if (target === 'nbdkit-file') {
+      const nbdkit = await startNbdkit(file, dir);
+      try {
+        const uri = `nbd://127.0.0.1:${nbdkit.port}`;
+        for (const w of WORKLOADS) await qemuImgBench(warmupOf(w), uri, target);
+        for (const w of WORKLOADS) out.push(await qemuImgBench(w, uri, target));
+      } finally {
+        await nbdkit.stop();
       }
+      return out;
+    }
+    const stateDir = path.join(dir, `${target}-state`);
+    fs.rmSync(stateDir, { recursive: true, force: true });
+    const agent = await startBin('repagent', [
+      '--volume', `vol=${file}`,
+      '--nvme-listen', target === 'repagent-nvme' ? '127.0.0.1:0' : 'off',
+      '--nbd-listen', target === 'repagent-nbd' ? '127.0.0.1:0' : 'off',
+      '--state-dir', stateDir,
+      '--log-level', 'warn',
+    ]);
+    try {
+      const ready = agent.ready as { nbd: { port: number } | null; nvme: { port: number } | null; nqn: string };
+      if (target === 'repagent-nbd') {
+        const uri = `nbd://127.0.0.1:${ready.nbd?.port}/vol`;
+        for (const w of WORKLOADS) await qemuImgBench(warmupOf(w), uri, target);
+        for (const w of WORKLOADS) out.push(await qemuImgBench(w, uri, target));
+        return out;
+      }
+      // one I/O queue, like qemu-img's single NBD connection: a like-for-like client
+      const host = await NvmeTcpHost.connect({ host: '127.0.0.1', port: ready.nvme?.port ?? 0, subnqn: ready.nqn, ioQueues: 1, queueDepth: 64 });
+      try {
+        for (const w of WORKLOADS) await nvmeBench(warmupOf(w), host, target);
+        for (const w of WORKLOADS) out.push(await nvmeBench(w, host, target));
+      } finally {
+        await host.close();
+      }
+      return out;
     } finally {
-      await host.close();
+      await stop(agent.child);
     }
   } finally {
-    await stop(agent.child);
+    fs.rmSync(file, { force: true });
+    log(`  ${target}: ${out.map((r) => `${r.workload} ${r.iops}`).join(', ')}`);
   }
-  return results;
+}
+
+/**
+ * Runs ROUNDS rounds; in each, the targets take turns (so load from other
+ * work on a shared machine hits all of them alike), each on a fresh sparse
+ * file. Returns the best round per (workload, target) and every round.
+ */
+export async function benchFrontends(dir: string, log: (s: string) => void): Promise<{ best: Result[]; rounds: Result[][] }> {
+  const rounds: Result[][] = [];
+  for (let round = 1; round <= ROUNDS; round++) {
+    const all: Result[] = [];
+    for (const target of TARGETS) all.push(...(await benchTarget(target, dir, (s) => log(`round ${round}${s}`))));
+    rounds.push(all);
+  }
+  const best: Result[] = [];
+  for (const target of TARGETS) {
+    for (const w of WORKLOADS) {
+      const tries = rounds.flatMap((r) => r.filter((x) => x.target === target && x.workload === w.name));
+      const top = tries.reduce<Result | undefined>((a, b) => (a === undefined || b.seconds < a.seconds ? b : a), undefined);
+      if (top) best.push(top);
+    }
+  }
+  return { best, rounds };
 }
