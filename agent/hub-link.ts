@@ -28,7 +28,7 @@
  *   event per record.
  * - Frames are sent with an all-zero mask (see zeroMask).
  * - Write records (the bulk of the stream) are encoded by proto/write-codec.ts
- *   straight into 2 MiB slabs, one frame per record, each frame a view of its
+ *   straight into 4 MiB slabs, one frame per record, each frame a view of its
  *   slab (ws frames a zero-masked Buffer without copying it). A slab goes back
  *   to a small free list once every frame cut from it has been written to the
  *   socket (send callbacks fire in order, so the callback of a later frame
@@ -219,8 +219,8 @@ export const SEND_CALLBACK_BYTES = 256 * 1024;
 /** Largest WebSocket frame header: 2 bytes, 8 of extended length, 4 of mask. */
 const MAX_FRAME_HEADER = 14;
 /** Slab size for encoded Write records, and how many idle slabs are kept. */
-export const SLAB_BYTES = 2 * 1024 * 1024;
-const FREE_SLABS = 8;
+export const SLAB_BYTES = 4 * 1024 * 1024;
+const FREE_SLABS = 4;
 
 interface Slab {
   buf: Buffer;

@@ -38,6 +38,8 @@ export type { AckMode, FailbackParticipant, LinkFailurePolicy, ReplicationEvent,
 /** Sequence/epoch numbers reserved in identity.json above what a session uses. */
 const RESERVE = 1 << 24;
 const DEFAULT_MAX_RECORD_BYTES = 1024 * 1024;
+/** Bytes a resync may have queued or in the socket before it reads more. */
+export const RESYNC_WINDOW_BYTES = 16 * 1024 * 1024;
 
 interface Session {
   id: number;
@@ -292,7 +294,10 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
           bucket,
           signal: s.abort.signal,
           send: (p) => this.sendResyncPiece(s, p),
-          waitForRoom: (bytes, signal) => this.waitForRoom(bytes, signal),
+          // resync reads stay at most RESYNC_WINDOW_BYTES ahead of the socket: the
+          // slabs they are encoded into get recycled warm, and live writes queued
+          // behind them wait less (queueBytes bounds live overflow, not this)
+          waitForRoom: (bytes, signal) => this.waitForRoom(bytes, signal, Math.min(this.o.queueBytes, RESYNC_WINDOW_BYTES)),
           onProgress: (bytes) => this.onResyncProgress(resyncId, bytes),
         });
         if (this.dropping) {
@@ -364,8 +369,8 @@ export class Replicator extends EventEmitter<{ event: [ReplicationEvent] }> {
     this.emitEvent({ type: 'resync-progress', volume: this.o.identity.name, resyncId, doneBytes: p.doneBytes, totalBytes: p.totalBytes });
   }
 
-  private waitForRoom(bytes: number, signal: AbortSignal): Promise<void> {
-    const fits = (): boolean => this.link.queuedBytes === 0 || this.link.queuedBytes + bytes <= this.o.queueBytes;
+  private waitForRoom(bytes: number, signal: AbortSignal, limit = this.o.queueBytes): Promise<void> {
+    const fits = (): boolean => this.link.queuedBytes === 0 || this.link.queuedBytes + bytes <= limit;
     if (fits()) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const check = (): void => {

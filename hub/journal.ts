@@ -80,6 +80,14 @@ interface Pending {
   reject: (err: unknown) => void;
 }
 
+/** A batch written to `file` (not yet synced), and the counters it brings. */
+interface Written {
+  entries: JournalEntry[];
+  file: SegmentFile;
+  seq: number;
+  epoch: number;
+}
+
 interface Active {
   file: SegmentFile;
   meta: ManifestSegment;
@@ -93,6 +101,8 @@ export class Journal {
   private readonly files = new Map<number, SegmentFile>();
   private readonly queue: Pending[] = [];
   private flushing: Promise<void> | null = null;
+  /** Set while the flush loop waits for a sync with nothing to write: an append wakes it. */
+  private wake: (() => void) | null = null;
   private spare: Promise<{ file: SegmentFile; meta: ManifestSegment }> | null = null;
   /** Set on the first I/O error; every later append fails with it. */
   private failure: ReplError | null = null;
@@ -100,6 +110,9 @@ export class Journal {
   private manifestWrites: Promise<void> = Promise.resolve();
   durableSeq: number;
   durableEpoch: number;
+  /** The same counters over every record written, synced or not (the next batch starts from them). */
+  private writtenSeq: number;
+  private writtenEpoch: number;
   readonly stats = { fsyncs: 0, records: 0, bytes: 0 };
   /** Payload bytes queued and not yet durable (for backpressure). */
   queuedBytes = 0;
@@ -114,6 +127,8 @@ export class Journal {
     this.maxRecordBytes = options.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
     this.durableSeq = manifest.durableSeq;
     this.durableEpoch = manifest.durableEpoch;
+    this.writtenSeq = manifest.durableSeq;
+    this.writtenEpoch = manifest.durableEpoch;
   }
 
   /**
@@ -202,7 +217,10 @@ export class Journal {
 
   /** Starts the flush loop unless it runs; restarts it for records queued while it was finishing. */
   private kick(): void {
-    if (this.flushing) return;
+    if (this.flushing) {
+      this.wake?.(); // the loop may be waiting on a sync with nothing to write
+      return;
+    }
     this.flushing = this.flushLoop().finally(() => {
       this.flushing = null;
       if (this.queue.length > 0) this.kick();
@@ -309,16 +327,54 @@ export class Journal {
     this.spare.catch(() => undefined);
   }
 
+  /**
+   * Group commit, pipelined: batch k+1 is written (into the page cache) while
+   * the fdatasync of batch k runs, so the disk never idles while we copy. At
+   * most one sync is in flight; it starts after its batch's writes completed,
+   * so it covers them (and everything earlier); batches resolve in order when
+   * their sync returns, and durableSeq/durableEpoch move only then.
+   */
   private async flushLoop(): Promise<void> {
-    while (this.queue.length > 0) {
+    let syncing: Promise<void> | null = null;
+    let syncingBatch: Pending[] = [];
+    for (;;) {
+      if (this.queue.length === 0) {
+        if (!syncing) return;
+        // nothing to write: wait for the sync in flight, or for records to write meanwhile
+        const arrived = new Promise<void>((r) => (this.wake = r));
+        await Promise.race([syncing.catch(() => undefined), arrived]);
+        this.wake = null;
+        if (this.queue.length === 0) {
+          try {
+            await syncing;
+          } catch (err) {
+            this.fail(err, syncingBatch);
+            return;
+          }
+          syncing = null;
+          syncingBatch = [];
+          continue;
+        }
+      }
       const batch = this.queue.splice(0);
+      let written: Written;
       try {
-        const entries = await this.writeBatch(batch);
-        batch.forEach((p, i) => p.resolve(entries[i]!));
+        written = await this.writeBatch(batch);
+        if (syncing) await syncing;
       } catch (err) {
-        this.fail(err, batch);
+        if (syncing) await syncing.catch(() => undefined);
+        this.fail(err, [...syncingBatch, ...batch]);
         return;
       }
+      const w = written;
+      syncingBatch = batch;
+      syncing = w.file.sync().then(() => {
+        this.stats.fsyncs++;
+        this.stats.records += batch.length;
+        this.durableSeq = w.seq;
+        this.durableEpoch = w.epoch;
+        batch.forEach((p, i) => p.resolve(w.entries[i]!));
+      });
     }
   }
 
@@ -329,13 +385,13 @@ export class Journal {
     this.queuedBytes = 0;
   }
 
-  /** Writes one batch (rolling segments as needed), syncs, returns the entries. */
-  private async writeBatch(batch: Pending[]): Promise<JournalEntry[]> {
+  /** Writes one batch (rolling segments as needed); the caller syncs `file`. */
+  private async writeBatch(batch: Pending[]): Promise<Written> {
     const entries: JournalEntry[] = [];
     let buffers: Buffer[] = [];
     let start = this.active.writeOffset;
-    let seq = this.durableSeq;
-    let epoch = this.durableEpoch;
+    let seq = this.writtenSeq;
+    let epoch = this.writtenEpoch;
     // every header of the batch goes into one buffer (one allocation, not one per record)
     const headers = Buffer.allocUnsafe(RECORD_HEADER_BYTES * batch.length);
     let h = 0;
@@ -381,12 +437,9 @@ export class Journal {
       this.stats.bytes += size;
     }
     await this.active.file.write(buffers, start);
-    await this.active.file.sync();
-    this.stats.fsyncs++;
-    this.stats.records += batch.length;
-    this.durableSeq = seq;
-    this.durableEpoch = epoch;
-    return entries;
+    this.writtenSeq = seq;
+    this.writtenEpoch = epoch;
+    return { entries, file: this.active.file, seq, epoch };
   }
 
   /** Seals the active segment and switches to the spare (rule: sync old, then manifest). */

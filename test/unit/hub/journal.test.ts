@@ -158,4 +158,67 @@ describe('Journal', () => {
     expect(journal.failed).not.toBeNull();
     await journal.close();
   });
+
+  it('writes the next batch while a sync runs, but resolves a record only after a sync that started after its write', async () => {
+    const { journal } = await openJournal(tmp.path);
+    await journal.append(rec(1, 10));
+    type File = { write: (b: readonly Buffer[], p: number) => Promise<void>; sync: () => Promise<void> };
+    const files = (journal as unknown as { files: Map<number, File> }).files;
+    const file = [...files.values()].pop()!;
+    const events: string[] = [];
+    const releases: (() => void)[] = [];
+    const realWrite = file.write.bind(file);
+    const realSync = file.sync.bind(file);
+    let writes = 0;
+    let syncs = 0;
+    file.write = async (b, pos) => {
+      const n = ++writes;
+      await realWrite(b, pos);
+      events.push(`write${n}`);
+    };
+    file.sync = async () => {
+      const n = ++syncs;
+      events.push(`sync${n}-start`);
+      await realSync();
+      await new Promise<void>((r) => releases.push(r)); // held until the test lets it go
+      events.push(`sync${n}-end`);
+    };
+    const a = journal.append(rec(2, 10)).then(() => events.push('a-durable'));
+    await waitUntil(() => releases.length === 1); // sync 1 (covering a) is running
+    const b = journal.append(rec(3, 10)).then(() => events.push('b-durable'));
+    await waitUntil(() => writes === 2); // b is written while sync 1 still runs
+    expect(events).toEqual(['write1', 'sync1-start', 'write2']);
+    expect(journal.durableSeq).toBe(1);
+    releases.shift()!();
+    await a;
+    await waitUntil(() => releases.length === 1);
+    expect(events).toEqual(['write1', 'sync1-start', 'write2', 'sync1-end', 'a-durable', 'sync2-start']);
+    expect(journal.durableSeq).toBe(2);
+    releases.shift()!();
+    await b;
+    expect(journal.durableSeq).toBe(3);
+    expect(events.slice(-2)).toEqual(['sync2-end', 'b-durable']);
+    await journal.close();
+  });
 });
+
+describe('Journal sync failure', () => {
+  it('a failed fdatasync fails its batch and every later append (fail-stop)', async () => {
+    const { journal } = await openJournal(tmp.path);
+    await journal.append(rec(1, 10));
+    const files = (journal as unknown as { files: Map<number, { sync: () => Promise<void> }> }).files;
+    for (const f of files.values()) f.sync = () => Promise.reject(Object.assign(new Error('EIO'), { code: 'EIO' }));
+    const a = journal.append(rec(2, 10));
+    const b = journal.append(rec(3, 10));
+    await expect(a).rejects.toMatchObject({ code: 'E_IO' });
+    await expect(b).rejects.toMatchObject({ code: 'E_IO' });
+    await expect(journal.append(rec(4, 10))).rejects.toMatchObject({ code: 'E_IO' });
+    expect(journal.durableSeq).toBe(1);
+    await journal.close();
+  });
+});
+
+async function waitUntil(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 2));
+  if (!cond()) throw new Error('condition not reached');
+}
