@@ -43,7 +43,7 @@ import {
   encodeOptionError,
 } from './protocol';
 import { ReaderLimits, ServerEvent, ServerReader } from './server-reader';
-import { adoptStaticReads } from './static-reads';
+import { adoptStaticReads } from '../block/static-reads';
 
 export type ConnectionState = 'handshake' | 'transmission' | 'draining' | 'closed';
 

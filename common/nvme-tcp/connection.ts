@@ -17,8 +17,15 @@
  * 16 KiB high-water mark would stall a QD32 read batch after a few replies).
  * Invariants: nothing is sent before ICReq; after a TermReq or in 'closed'
  * nothing more is processed; handler exceptions never escape onData().
+ * Reads: the accepted socket (paused by the target) is moved to
+ * static-buffer reads (block/static-reads.ts); the reader then copies what it
+ * keeps, write data lands in pooled buffers, and complete() returns a
+ * command's buffer to the pool once the command (and so the device write) is
+ * done.
  */
 import type { Socket } from 'node:net';
+import { payloadPool } from '../block/buffer-pool';
+import { adoptStaticReads } from '../block/static-reads';
 import type { Logger } from '../log';
 import { handleAdmin } from './admin';
 import { Completion, QueueContext, TargetContext, fail } from './command';
@@ -84,11 +91,17 @@ export class Connection implements QueueContext, QueueHandle {
   /** ICReq deadline, then the deadline of a partially received PDU. */
   private timer: NodeJS.Timeout | null = null;
 
+  private readonly socket: Socket;
+
+  /** `accepted` comes from a server created with pauseOnConnect. */
   constructor(
-    private readonly socket: Socket,
+    accepted: Socket,
     readonly target: TargetContext,
     private readonly onClosed: (c: Connection) => void,
   ) {
+    const adopted = adoptStaticReads(accepted, (chunk) => this.onData(chunk));
+    const socket = adopted ?? accepted;
+    this.socket = socket;
     const addr = socket.localAddress ?? '127.0.0.1';
     this.local = { address: addr.startsWith('::ffff:') ? addr.slice(7) : addr, port: socket.localPort ?? 0 };
     this.logger = target.logger.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
@@ -98,13 +111,18 @@ export class Connection implements QueueContext, QueueHandle {
       maxCapsuleData: limits.maxCapsuleData,
       maxDataPdu: limits.maxH2CData,
       sink: (header, type, dataLen) => (type === PduType.H2C_DATA ? this.writes.sink(header, dataLen) : null),
+      transientChunks: adopted !== null,
+      pool: payloadPool,
     });
     this.writes = new SolicitedWrites(limits.maxH2CData, limits.maxR2TBuffer, {
       sendR2T: (r) => this.send(encodeR2t(r, this.digests)),
       ready: (cmd) => (cmd.failStatus !== 0 ? this.complete(cmd, fail(cmd.failStatus)) : this.execute(cmd)),
     });
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (!adopted) {
+      socket.on('data', (chunk: Buffer) => this.onData(chunk));
+      socket.resume();
+    }
     socket.on('end', () => this.onEnd());
     socket.on('error', (err) => this.logger.debug({ err }, 'socket error'));
     socket.on('close', () => this.onSocketClose());
@@ -138,6 +156,9 @@ export class Connection implements QueueContext, QueueHandle {
     if (this.state === 'closing' || this.state === 'closed') return;
     this.transition('closing', reason);
     this.socket.end();
+    // keep reading (onData drops it now) so the peer's hang-up is seen even if
+    // reading was paused for 'drain': a paused static-buffer socket misses EOF
+    this.socket.resume();
     setTimeout(() => this.socket.destroy(), CLOSE_LINGER_MS).unref();
   }
 
@@ -376,6 +397,9 @@ export class Connection implements QueueContext, QueueHandle {
     if (this.commands.get(cmd.sqe.cid) !== cmd) return; // connection was closed meanwhile
     this.commands.delete(cmd.sqe.cid);
     this.writes.release(cmd);
+    // the handler has settled (a write's device call with it): nothing uses the data now
+    if (cmd.data) payloadPool.release(cmd.data);
+    cmd.data = null;
     if (this.state === 'closing' || this.state === 'closed') return;
     if (c.status === 0 && c.data && cmd.dir === 'c2h' && cmd.sqe.sglLength > 0) this.sendC2HData(cmd, c.data);
     this.sendResponse(cmd.sqe.cid, c);

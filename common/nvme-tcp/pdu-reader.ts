@@ -12,7 +12,16 @@
  * After an ICReq/ICResp the reader pauses until setDigests() is called, because
  * the digest negotiation decides how the following bytes are framed.
  * Violations throw PduError (FES/FEI for a TermReq); the reader is then dead.
+ *
+ * transientChunks (the target's static-buffer socket reads): a pushed chunk
+ * is overwritten after push() returns, so the reader keeps no view of it:
+ * data fields are always assembled in a buffer from `pool` (the consumer
+ * releases it once the device is done with it, see buffer-pool.ts), the
+ * header of a PDU whose data is still to come and bytes held while paused
+ * are copied. The PDUs push() returns may still view the chunk (headers of
+ * complete PDUs): the consumer handles them before its next push.
  */
+import { BufferPool, payloadPool } from '../block/buffer-pool';
 import { ReplError } from '../errors';
 import { crc32c } from './crc32c';
 import {
@@ -73,6 +82,10 @@ export interface PduReaderOptions {
   /** (PDA + 1) * 4 of the sender's PDO alignment. */
   pdoAlign?: number;
   sink?: DataSink;
+  /** Pushed chunks are overwritten after push() returns (see the file header). */
+  transientChunks?: boolean;
+  /** Where data fields are assembled in transientChunks mode. */
+  pool?: BufferPool;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -95,8 +108,14 @@ export class PduReader {
   private data: Buffer | null = null;
   /** The data field is being assembled in a sink buffer (no zero-copy view). */
   private placing = false;
+  /** The data field is being assembled in a pooled buffer (transientChunks). */
+  private gathering = false;
+  private readonly transient: boolean;
+  private readonly pool: BufferPool;
 
   constructor(private readonly options: PduReaderOptions) {
+    this.transient = options.transientChunks ?? false;
+    this.pool = options.pool ?? payloadPool;
     const target = options.role === 'target';
     const maxCapsule = options.maxCapsuleData ?? 0;
     this.check = {
@@ -143,7 +162,7 @@ export class PduReader {
       this.dead = true;
       throw err;
     }
-    if (pos < chunk.length) this.held = chunk.subarray(pos);
+    if (pos < chunk.length) this.held = this.transient ? Buffer.from(chunk.subarray(pos)) : chunk.subarray(pos);
     return out;
   }
 
@@ -165,7 +184,7 @@ export class PduReader {
     let field: Buffer | null = null;
     if (this.need === 0) {
       field = EMPTY;
-    } else if (this.accLen === 0 && !this.placing && chunk.length - pos >= this.need) {
+    } else if (this.accLen === 0 && !this.placing && !this.gathering && chunk.length - pos >= this.need) {
       field = chunk.subarray(pos, pos + this.need);
       pos += this.need;
     } else {
@@ -248,11 +267,18 @@ export class PduReader {
       this.emit(null, true, out);
       return;
     }
+    // the data may arrive in a later chunk: the header must outlive this one
+    if (this.transient) this.header = Buffer.from(this.header);
     const dest = pad === 0 && this.options.sink ? this.options.sink(this.header, c.type, c.dataLen) : null;
     if (dest && dest.length === c.dataLen) {
       this.acc = dest;
       this.accLen = 0;
       this.placing = true;
+    } else if (this.transient) {
+      // padding included; onData() returns the view past it
+      this.acc = this.pool.acquire(this.need);
+      this.accLen = 0;
+      this.gathering = true;
     }
   }
 
@@ -276,6 +302,7 @@ export class PduReader {
     const c = this.cur;
     out.push({ type: c.type, flags: c.flags, hlen: c.hlen, pdo: c.pdo, plen: c.plen, header: this.header, data, dataDigestOk: ok, placed: this.placing });
     this.placing = false;
+    this.gathering = false;
     this.state_ = 'header';
     this.need = CH_LEN;
     this.data = null;

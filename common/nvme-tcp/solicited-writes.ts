@@ -9,7 +9,10 @@
  * open R2Ts, and H2CData must continue exactly where the R2T's data stands.
  * Solicited buffers of one connection are bounded by maxBuffer bytes (a
  * single command may exceed it alone, it is bounded by MDTS).
+ * A command's data buffer comes from `pool`; the connection releases it when
+ * the command completed (buffer-pool.ts).
  */
+import { BufferPool, payloadPool } from '../block/buffer-pool';
 import type { Command } from './command';
 import { Fes, HeaderFault, R2t, decodeDataPduHeader } from './pdu';
 import type { Pdu } from './pdu-reader';
@@ -46,6 +49,7 @@ export class SolicitedWrites {
     private readonly maxH2CData: number,
     private readonly maxBuffer: number,
     private readonly hooks: SolicitHooks,
+    private readonly pool: BufferPool = payloadPool,
   ) {}
 
   start(cmd: PendingCommand): void {
@@ -78,7 +82,7 @@ export class SolicitedWrites {
     const r = cmd?.r2t;
     if (!cmd || !r || cmd.sqe.cid !== h.cccid || h.datal !== dataLen) return null;
     if (h.datao !== r.offset + r.received || h.datao + h.datal > r.offset + r.length) return null;
-    if (!cmd.data) cmd.data = Buffer.allocUnsafe(cmd.sqe.sglLength);
+    if (!cmd.data) cmd.data = this.pool.acquire(cmd.sqe.sglLength);
     return cmd.data.subarray(h.datao, h.datao + h.datal);
   }
 
@@ -98,8 +102,10 @@ export class SolicitedWrites {
     if (!pdu.placed) {
       if (h.datao === 0 && h.datal === cmd.sqe.sglLength) cmd.data = data;
       else {
-        if (!cmd.data) cmd.data = Buffer.allocUnsafe(cmd.sqe.sglLength);
+        if (!cmd.data) cmd.data = this.pool.acquire(cmd.sqe.sglLength);
         data.copy(cmd.data, h.datao);
+        // the reader's buffer for this PDU (if pooled) is no longer referenced
+        this.pool.release(data);
       }
     }
     r.received += h.datal;

@@ -154,7 +154,8 @@ export class NvmeTcpTarget {
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     if (this.server) return Promise.reject(ReplError.invalid('target is already listening'));
     if (this.closing) return Promise.reject(ReplError.closed('target'));
-    const server = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
+    // paused: the Connection moves the socket to static-buffer reads before it reads anything
+    const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.onConnection(socket));
     this.server = server;
     return listenOn(server, host, port, this.logger, 'NVMe/TCP target').catch((err: unknown) => {
       this.server = null;
@@ -194,7 +195,15 @@ export class NvmeTcpTarget {
       socket.destroy();
       return;
     }
-    const conn = new Connection(socket, this.context, (c) => this.connections.delete(c));
+    let conn: Connection;
+    try {
+      conn = new Connection(socket, this.context, (c) => this.connections.delete(c));
+    } catch (err) {
+      this.logger.error({ err, remote: socket.remoteAddress }, 'connection setup failed');
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return;
+    }
     this.connections.add(conn);
   }
 

@@ -167,6 +167,42 @@ describe.each([
   });
 });
 
+/**
+ * A MemoryDevice that reads a write's data only after a random delay: a data
+ * buffer the target recycled before write() settled would be stored with
+ * another command's bytes.
+ */
+class LateWrites extends MemoryDevice {
+  override async write(offset: number, data: Buffer): Promise<void> {
+    await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 4)));
+    return super.write(offset, data);
+  }
+}
+
+describe('NVMe/TCP target: recycled data buffers', () => {
+  it('keeps every concurrent in-capsule and solicited write intact', async () => {
+    const device = new LateWrites(SIZE);
+    const target = new NvmeTcpTarget({ logger: testLogger('nvme-target') });
+    target.addSubsystem({ nqn: NQN, serial: 'SERIAL-1', model: 'test model', namespaces: [{ nsid: 1, device, nguid: NGUID, uuid: UUID }] });
+    const { port } = await target.listen('127.0.0.1', 0);
+    const host = await NvmeTcpHost.connect({ host: '127.0.0.1', port, subnqn: NQN, ioQueues: 2, queueDepth: 32 });
+    try {
+      // in-capsule (up to 128 KiB) and R2T sizes, several rounds so released buffers are reused
+      const sizes = [128 * 1024, 64 * 1024, 20 * 1024, 256 * 1024, 128 * 1024 + 4096];
+      const all: Array<{ off: number; data: Buffer }> = [];
+      for (let round = 0; round < 4; round++) {
+        const batch = sizes.map((len, i) => ({ off: (round * sizes.length + i) * 512 * 1024, data: pattern(len, round * 10 + i + 1) }));
+        await Promise.all(batch.map((w) => host.write(1, w.off, w.data)));
+        all.push(...batch);
+      }
+      for (const w of all) expect((await device.read(w.off, w.data.length)).equals(w.data)).toBe(true);
+    } finally {
+      await host.close();
+      await target.close();
+    }
+  });
+});
+
 describe('NVMe/TCP target: discovery, subsystems, controllers', () => {
   let env: Env;
   afterEach(async () => {

@@ -82,6 +82,51 @@ describe.each([
   });
 });
 
+describe.each([
+  { hdgst: false, ddgst: false },
+  { hdgst: true, ddgst: true },
+])('PduReader with transient chunks, digests %o', (dg) => {
+  const { icreq, rest } = hostStream(dg);
+  const stream = Buffer.concat([icreq, rest]);
+  // with the header bytes: the consumer decodes the SQE from them
+  const full = (p: Pdu): string => `${summary(p)}/${p.header.toString('hex')}`;
+  const expected = feed([stream], dg).map(full);
+
+  it('keeps nothing of a chunk that is overwritten after push (random chunkings)', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 40 }), (sizes) => {
+        const reader = new PduReader({ role: 'target', maxCapsuleData: 8192, maxDataPdu: 4096, transientChunks: true });
+        const scratch = Buffer.alloc(stream.length);
+        const out: Pdu[] = [];
+        const headers: string[] = [];
+        const take = (pdus: Pdu[]): void => {
+          for (const p of pdus) {
+            // the consumer handles a PDU's header before the next push, as the target does
+            headers.push(p.header.toString('hex'));
+            out.push(p);
+            if (p.type === PduType.IC_REQ) {
+              reader.setDigests(dg.hdgst, dg.ddgst);
+              take(reader.push(Buffer.alloc(0)));
+            }
+          }
+        };
+        let pos = 0;
+        for (let i = 0; pos < stream.length; i++) {
+          // one reused buffer, as a socket reading into a static buffer delivers it
+          const n = stream.copy(scratch, 0, pos, pos + sizes[i % sizes.length]!);
+          take(reader.push(scratch.subarray(0, n)));
+          scratch.fill(0xee);
+          pos += n;
+        }
+        expect(reader.midPdu).toBe(false);
+        // data is checked only now, after every chunk was overwritten
+        expect(out.map((p, i) => `${summary(p)}/${headers[i]}`)).toEqual(expected);
+      }),
+      { numRuns: 60 },
+    );
+  });
+});
+
 describe('PduReader limits and errors', () => {
   const target = (): PduReader => {
     const r = new PduReader({ role: 'target', maxCapsuleData: 8192, maxDataPdu: 4096 });

@@ -1,10 +1,10 @@
 /**
- * The NBD server's static-buffer reads depend on Node internals (see
- * common/nbd/static-reads.ts); this test fails when a Node upgrade breaks the
+ * The front ends' static-buffer reads depend on Node internals (see
+ * common/block/static-reads.ts); this test fails when a Node upgrade breaks the
  * fast path, instead of the server silently falling back to stream reads.
  */
 import * as net from 'node:net';
-import { READ_BUFFER_BYTES, adoptStaticReads } from '../../../common/nbd/static-reads';
+import { READ_BUFFER_BYTES, adoptStaticReads } from '../../../common/block/static-reads';
 
 async function withServer(onSocket: (s: net.Socket) => void, client: (port: number) => Promise<void>): Promise<void> {
   const server = net.createServer({ pauseOnConnect: true }, onSocket);

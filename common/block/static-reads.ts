@@ -1,9 +1,11 @@
 /**
- * Static-buffer socket reads for the front ends' accepted connections.
+ * Static-buffer socket reads for the front ends' accepted connections (the
+ * NBD server and the NVMe/TCP target; it lives beside the payload pool they
+ * share, buffer-pool.ts).
  *
  * Why: a Node socket in streaming mode allocates a fresh 64 KiB buffer for
  * every read (and copies into a second one when the read came back short).
- * For 128 KiB NBD writes that meant ~8000 buffers per 512 MiB, whose pages
+ * For 128 KiB writes that meant ~8000 buffers per 512 MiB, whose pages
  * fault in on the kernel's copy and which, as external memory, drive V8 into
  * a major GC every ~64 MiB (measured: ~20% of the agent's CPU in GC, ~8% in
  * page faults). With Node's `onread` option the kernel copies into one
@@ -18,7 +20,7 @@
  * stable for years (the cluster module uses them); when either is missing,
  * adoptStaticReads() returns null and the caller keeps the stream socket
  * (and resumes it), so a Node change costs speed, never correctness.
- * test/unit/nbd/static-reads.test.ts fails if the fast path stops working.
+ * test/unit/block/static-reads.test.ts fails if the fast path stops working.
  *
  * Contract for the callback: the chunk is a view of READ_BUFFER, valid only
  * until the callback returns; every connection of the process shares the
