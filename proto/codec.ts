@@ -376,38 +376,26 @@ export function encodeAgentMessage(m: AgentMessage): Buffer {
   return encodeEnvelope(AgentMessageType, m.type, (m as unknown as Record<string, Plain>)[m.type] as Plain);
 }
 
+/** Checks beyond decoding, per body type (the others need none). */
+const VALIDATORS: Record<string, ((body: never) => void) | undefined> = {
+  write: validateWrite,
+  failbackDirty: validateFailbackDirty,
+  failbackData: validateFailbackData,
+};
+
+/**
+ * Every body type is the oneof field of its envelope and the `type` tag of
+ * our union, with the body under the key of the same name; decodeEnvelope
+ * already refused a body the envelope does not define.
+ */
+function decodeTyped<M extends { type: string }>(envelope: protobuf.Type, buf: Buffer): M {
+  const { type, body } = decodeEnvelope(envelope, buf);
+  VALIDATORS[type]?.(body as never);
+  return { type, [type]: body } as unknown as M;
+}
+
 export function decodeAgentMessage(buf: Buffer): AgentMessage {
-  const { type, body } = decodeEnvelope(AgentMessageType, buf);
-  switch (type) {
-    case 'hello':
-      return { type, hello: body as unknown as Hello };
-    case 'write': {
-      const write = body as unknown as Write;
-      validateWrite(write);
-      return { type, write };
-    }
-    case 'seal':
-      return { type, seal: body as unknown as Seal };
-    case 'resyncBegin':
-      return { type, resyncBegin: body as unknown as ResyncBegin };
-    case 'resyncEnd':
-      return { type, resyncEnd: body as unknown as ResyncEnd };
-    case 'status':
-      return { type, status: body as unknown as AgentStatus };
-    case 'goodbye':
-      return { type, goodbye: body as unknown as Goodbye };
-    case 'failbackDirty': {
-      const failbackDirty = body as unknown as FailbackDirty;
-      validateFailbackDirty(failbackDirty);
-      return { type, failbackDirty };
-    }
-    case 'failbackAck':
-      return { type, failbackAck: body as unknown as FailbackAck };
-    case 'failbackApplied':
-      return { type, failbackApplied: body as unknown as FailbackApplied };
-    default:
-      throw ReplError.protocol(`unexpected agent message ${type}`);
-  }
+  return decodeTyped<AgentMessage>(AgentMessageType, buf);
 }
 
 export function encodeHubMessage(m: HubMessage): Buffer {
@@ -417,28 +405,5 @@ export function encodeHubMessage(m: HubMessage): Buffer {
 }
 
 export function decodeHubMessage(buf: Buffer): HubMessage {
-  const { type, body } = decodeEnvelope(HubMessageType, buf);
-  switch (type) {
-    case 'welcome':
-      return { type, welcome: body as unknown as Welcome };
-    case 'refuse':
-      return { type, refuse: body as unknown as Refuse };
-    case 'ack':
-      return { type, ack: body as unknown as Ack };
-    case 'goodbye':
-      return { type, goodbye: body as unknown as Goodbye };
-    case 'failbackBegin':
-      return { type, failbackBegin: body as unknown as FailbackBegin };
-    case 'failbackData': {
-      const failbackData = body as unknown as FailbackData;
-      validateFailbackData(failbackData);
-      return { type, failbackData };
-    }
-    case 'failbackEnd':
-      return { type, failbackEnd: body as unknown as FailbackEnd };
-    case 'failbackDone':
-      return { type, failbackDone: body as unknown as FailbackDone };
-    default:
-      throw ReplError.protocol(`unexpected hub message ${type}`);
-  }
+  return decodeTyped<HubMessage>(HubMessageType, buf);
 }
