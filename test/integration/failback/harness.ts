@@ -4,7 +4,6 @@
  * through a FlakyProxy (so it can be cut), JSON requests keeping the HTTP
  * status, NBD helpers. Everything started here is stopped by `stop()`.
  */
-import * as http from 'node:http';
 import * as path from 'node:path';
 import { Agent, AgentConfig, createAgent } from '../../../agent';
 import { testLogger } from '../../../common/log';
@@ -23,30 +22,10 @@ export function pattern(len: number, seed: number): Buffer {
   return b;
 }
 
-export interface Api {
-  status: number;
-  body: any; // eslint-disable-line @typescript-eslint/no-explicit-any
-}
+import { api, ApiResult as Api } from '../../helpers/http-api';
 
-export function api(port: number, method: string, p: string, body?: unknown): Promise<Api> {
-  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: '127.0.0.1', port, path: p, method, headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {} },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : null });
-        });
-      },
-    );
-    req.on('error', reject);
-    if (payload) req.write(payload);
-    req.end();
-  });
-}
+export { api };
+export type { Api };
 
 export class FailbackRig {
   hub: Hub | null = null;

@@ -4,7 +4,6 @@
  * HTTP status, and fake agents that pair and write through the real protocol.
  * Every hub and agent made here is stopped by stopAll() (afterEach).
  */
-import * as http from 'node:http';
 import { testLogger } from '../../../common/log';
 import { NbdClient } from '../../../common/nbd/client';
 import { createHub, Hub, HubConfig, HubPorts } from '../../../hub';
@@ -48,30 +47,8 @@ export async function stopAll(): Promise<void> {
   for (const h of hubs.splice(0)) await h.stop();
 }
 
-export interface ApiResult {
-  status: number;
-  body: any; // eslint-disable-line @typescript-eslint/no-explicit-any
-}
-
-export function api(port: number, method: string, path: string, body?: unknown): Promise<ApiResult> {
-  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: '127.0.0.1', port, path, method, headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {} },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          resolve({ status: res.statusCode ?? 0, body: text ? JSON.parse(text) : null });
-        });
-      },
-    );
-    req.on('error', reject);
-    if (payload) req.write(payload);
-    req.end();
-  });
-}
+export type { ApiResult } from '../../helpers/http-api';
+export { api } from '../../helpers/http-api';
 
 export async function connectAgent(r: Running): Promise<FakeAgent> {
   const a = await FakeAgent.connect(`ws://127.0.0.1:${r.ports.httpPort}/v1/replicate`);
