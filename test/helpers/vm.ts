@@ -20,8 +20,14 @@
  * ~/.cache/blockrep-vm), REP_VM_VERBOSE=1 (stream the console to stderr),
  * REP_VM_REFRESH=1 (re-resolve the kernel package), REP_VM_ACCEL=kvm.
  */
+import { ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { DIST, Started } from '../../cli/procs';
 import { ensureVmImage as ensureImage, VmImage, vmUnavailableReason } from '../system/vm/image';
 import { GuestFile, GuestRun, RunGuestOptions, runGuestWithImage, stopAllGuests } from '../system/vm/qemu';
+import { makeTmpDir, removeTmpDir } from './tmpdir';
+import { isCi, requireTool } from './tools';
 
 export type { GuestFile, GuestRun, RunGuestOptions, VmImage };
 export { stopAllGuests, vmUnavailableReason };
@@ -47,4 +53,67 @@ export function skipVm(): void {
 export function describeRun(run: GuestRun, tailLines = 60): string {
   const tail = run.console.trimEnd().split('\n').slice(-tailLines).join('\n');
   return `guest verdict: ${run.verdict} (${run.elapsedMs} ms${run.timedOut ? ', timed out' : ''})\n--- console tail ---\n${tail}`;
+}
+
+/**
+ * The set-up every kernel VM test that starts our daemons repeats: the VM
+ * image, a host tool, a temporary directory, and every started process killed
+ * by PID (SIGKILL) after each test, guests stopped. Call inside describe().
+ * `needs` names the built entry point the test runs (dist/cli/NAME.js): when
+ * a VM is available (or in CI) a missing build is an error, not a skip.
+ */
+export interface VmSuite {
+  /** Null when the VM is unavailable outside CI (then skipVm()). */
+  readonly image: { kernel: string; initrd: string } | null;
+  /** The host tool named in useVmSuite is installed. */
+  readonly tools: boolean;
+  readonly dir: string;
+  /** Registers a started daemon for the after-each kill. */
+  track(s: Started): Started;
+  /** SIGKILL by PID; resolves when the process has exited. */
+  kill(child: ChildProcess): Promise<void>;
+}
+
+export function useVmSuite(prefix: string, needs: 'repagent' | 'rephub', tool = 'qemu-img'): VmSuite {
+  const children = new Set<ChildProcess>();
+  const state = { image: null as VmSuite['image'], tools: false, dir: '' };
+  const kill = (child: ChildProcess): Promise<void> =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return resolve();
+      child.once('exit', () => resolve());
+      process.kill(child.pid, 'SIGKILL');
+    });
+  const killAll = async (): Promise<void> => {
+    await stopAllGuests();
+    await Promise.all([...children].map(kill));
+  };
+  beforeAll(async () => {
+    state.image = await ensureVmImage();
+    state.tools = requireTool(tool);
+    const built = fs.existsSync(path.join(DIST, 'cli', `${needs}.js`));
+    if (!built && (isCi() || state.image)) throw new Error(`${DIST}/cli/${needs}.js missing: run 'npm run build' first`);
+    state.dir = makeTmpDir(prefix);
+  }, 300_000);
+  afterEach(killAll);
+  afterAll(async () => {
+    await killAll();
+    if (state.dir) removeTmpDir(state.dir);
+  });
+  return {
+    get image() {
+      return state.image;
+    },
+    get tools() {
+      return state.tools;
+    },
+    get dir() {
+      return state.dir;
+    },
+    track(s: Started): Started {
+      children.add(s.child);
+      s.child.once('exit', () => children.delete(s.child));
+      return s;
+    },
+    kill,
+  };
 }

@@ -18,14 +18,11 @@
  * The host side then rebuilds the expected image from the plan of completed
  * rounds and compares the whole backing file with it.
  */
-import { ChildProcess } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DIST, freePort, run, startBin, Started } from '../../cli/procs';
-import { makeTmpDir, removeTmpDir } from '../helpers/tmpdir';
-import { isCi, requireTool } from '../helpers/tools';
-import { describeRun, ensureVmImage, GuestRun, runGuest, skipVm, stopAllGuests } from '../helpers/vm';
+import { describeRun, GuestRun, runGuest, skipVm, useVmSuite } from '../helpers/vm';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -91,50 +88,13 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** Every child this file starts; afterEach kills what is still running, by PID. */
-const children = new Set<ChildProcess>();
-
-function track(s: Started): Started {
-  children.add(s.child);
-  s.child.once('exit', () => children.delete(s.child));
-  return s;
-}
-
-function killChild(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return resolve();
-    child.once('exit', () => resolve());
-    process.kill(child.pid, 'SIGKILL');
-  });
-}
-
 describe('Linux kernel NVMe/TCP host across a repagent kill -9 and restart', () => {
-  let image: { kernel: string; initrd: string } | null = null;
-  let tools = false;
-  let dir = '';
-
-  beforeAll(async () => {
-    image = await ensureVmImage();
-    tools = requireTool('qemu-img');
-    const built = fs.existsSync(path.join(DIST, 'cli', 'repagent.js'));
-    if (!built && (isCi() || image)) throw new Error(`${DIST}/cli/repagent.js missing: run 'npm run build' first`);
-    dir = makeTmpDir('blockrep-agent-restart-');
-  }, 300_000);
-
-  afterEach(async () => {
-    await stopAllGuests();
-    await Promise.all([...children].map(killChild));
-  });
-
-  afterAll(async () => {
-    await stopAllGuests();
-    await Promise.all([...children].map(killChild));
-    if (dir) removeTmpDir(dir);
-  });
+  const suite = useVmSuite('blockrep-agent-restart-', 'repagent');
 
   it(
     'the host reconnects and the workload finishes with no I/O error; data exact on the agent and the hub',
     async () => {
+      const { image, tools, dir, track, kill: killChild } = suite;
       if (!image || !tools) return skipVm();
       const pattern = makePattern();
       const patternFile = path.join(dir, 'pattern.bin');

@@ -16,14 +16,11 @@
  * guest must then see the entry leave the discovery log and a Connect refused. Finally neither the replica (the hub's
  * latest NBD export) nor the agent's volume may hold any of the view's writes.
  */
-import { ChildProcess } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DIST, run, startBin, Started } from '../../cli/procs';
-import { makeTmpDir, removeTmpDir } from '../helpers/tmpdir';
-import { isCi, requireTool } from '../helpers/tools';
-import { describeRun, ensureVmImage, runGuest, skipVm, stopAllGuests } from '../helpers/vm';
+import { describeRun, runGuest, skipVm, useVmSuite } from '../helpers/vm';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -71,23 +68,6 @@ function sourceImage(): Buffer {
   return image;
 }
 
-/** Every child this file starts; afterEach kills what is still running, by PID. */
-const children = new Set<ChildProcess>();
-
-function track(s: Started): Started {
-  children.add(s.child);
-  s.child.once('exit', () => children.delete(s.child));
-  return s;
-}
-
-function killChild(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return resolve();
-    child.once('exit', () => resolve());
-    process.kill(child.pid, 'SIGKILL');
-  });
-}
-
 async function api<T>(port: number, method: string, route: string, body?: unknown): Promise<T> {
   const res = await fetch(`http://127.0.0.1:${port}${route}`, {
     method,
@@ -117,32 +97,12 @@ async function expectSameImage(file: string, uri: string, what: string): Promise
 }
 
 describe('Linux kernel NVMe/TCP host on a hub test view', () => {
-  let image: { kernel: string; initrd: string } | null = null;
-  let tools = false;
-  let dir = '';
-
-  beforeAll(async () => {
-    image = await ensureVmImage();
-    tools = requireTool('qemu-img');
-    const built = fs.existsSync(path.join(DIST, 'cli', 'rephub.js'));
-    if (!built && (isCi() || image)) throw new Error(`${DIST}/cli/rephub.js missing: run 'npm run build' first`);
-    dir = makeTmpDir('blockrep-nvme-view-');
-  }, 300_000);
-
-  afterEach(async () => {
-    await stopAllGuests();
-    await Promise.all([...children].map(killChild));
-  });
-
-  afterAll(async () => {
-    await stopAllGuests();
-    await Promise.all([...children].map(killChild));
-    if (dir) removeTmpDir(dir);
-  });
+  const suite = useVmSuite('blockrep-nvme-view-', 'rephub');
 
   it(
     'reads protected data through the view, writes into it; the replica and the volume stay unchanged',
     async () => {
+      const { image, tools, dir, track, kill: killChild } = suite;
       if (!image || !tools) return skipVm();
       const source = sourceImage();
       const sourceFile = path.join(dir, 'source.img');
