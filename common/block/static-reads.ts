@@ -33,6 +33,20 @@ import * as net from 'node:net';
 export const READ_BUFFER_BYTES = 256 * 1024;
 const READ_BUFFER = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
 
+/**
+ * The `onread` option for a socket this process creates (net.connect /
+ * new net.Socket accept it directly: the NVMe/TCP initiator); same contract.
+ */
+export function staticReadOption(onChunk: (chunk: Buffer) => void): net.OnReadOpts {
+  return {
+    buffer: READ_BUFFER,
+    callback: (nread: number, buf: Uint8Array): boolean => {
+      onChunk((buf as Buffer).subarray(0, nread));
+      return true;
+    },
+  };
+}
+
 interface HandleOwner {
   _handle?: { useUserBuffer?: unknown } | null;
 }
@@ -45,13 +59,7 @@ export function adoptStaticReads(socket: net.Socket, onChunk: (chunk: Buffer) =>
   const owner = socket as unknown as HandleOwner;
   const handle = owner._handle;
   if (!handle || typeof handle.useUserBuffer !== 'function' || socket.destroyed) return null;
-  const options = {
-    handle,
-    onread: {
-      buffer: READ_BUFFER,
-      callback: (nread: number, buf: Buffer): void => onChunk(buf.subarray(0, nread)),
-    },
-  };
+  const options = { handle, onread: staticReadOption(onChunk) };
   const adopted = new net.Socket(options as net.SocketConstructorOpts);
   owner._handle = null;
   socket.destroy();

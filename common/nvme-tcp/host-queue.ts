@@ -11,8 +11,12 @@
  * bounds check. Any protocol violation by the target closes the queue and
  * fails every outstanding command with E_PROTOCOL; a closed socket fails them
  * with E_CLOSED.
+ * Reads land in the process-wide static buffer (block/static-reads.ts): the
+ * reader copies what it keeps, and C2HData is placed in the caller's buffer.
  */
 import * as net from 'node:net';
+import { payloadPool } from '../block/buffer-pool';
+import { staticReadOption } from '../block/static-reads';
 import { ReplError } from '../errors';
 import type { Logger } from '../log';
 import {
@@ -83,17 +87,20 @@ export class HostQueue {
   /** CID generation counter (bits 15:12), like Linux, to catch stale completions. */
   private generation = 0;
   private sweeper: NodeJS.Timeout | null = null;
+  private readonly socket: net.Socket;
+  /** Where socket chunks go: the ICResp wait of open(), then onData(). */
+  private onChunk: (chunk: Buffer) => void = () => undefined;
 
-  private constructor(
-    private readonly socket: net.Socket,
-    readonly options: HostQueueOptions,
-  ) {
+  private constructor(readonly options: HostQueueOptions) {
     this.reader = new PduReader({
       role: 'host',
       maxDataPdu: options.maxDataPdu ?? 4 * 1024 * 1024,
       sink: (header, type, dataLen) => (type === PduType.C2H_DATA ? this.c2hSink(header, dataLen) : null),
+      transientChunks: true,
+      pool: payloadPool,
     });
     for (let i = 0; i < options.depth; i++) this.freeCids.push(i);
+    this.socket = net.connect({ host: options.host, port: options.port, noDelay: true, onread: staticReadOption((c) => this.onChunk(c)) });
   }
 
   get qid(): number {
@@ -108,8 +115,8 @@ export class HostQueue {
   static open(options: HostQueueOptions): Promise<HostQueue> {
     if (options.depth < 1 || options.depth > 4096) throw ReplError.invalid(`queue depth ${options.depth} out of range`);
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ host: options.host, port: options.port, noDelay: true });
-      const q = new HostQueue(socket, options);
+      const q = new HostQueue(options);
+      const socket = q.socket;
       const timer = setTimeout(() => fail(new ReplError('E_TIMEOUT', 'NVMe/TCP connection setup timed out')), options.connectTimeoutMs ?? 10_000);
       const fail = (err: Error): void => {
         clearTimeout(timer);
@@ -128,7 +135,7 @@ export class HostQueue {
           return;
         }
         if (pdus.length === 0) return;
-        socket.off('data', onIc);
+        q.onChunk = () => undefined;
         socket.removeAllListeners('error');
         socket.removeAllListeners('close');
         clearTimeout(timer);
@@ -143,7 +150,7 @@ export class HostQueue {
         q.attach();
         resolve(q);
       };
-      socket.on('data', onIc);
+      q.onChunk = onIc;
     });
   }
 
@@ -159,7 +166,7 @@ export class HostQueue {
   }
 
   private attach(): void {
-    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.onChunk = (chunk) => this.onData(chunk);
     this.socket.on('error', (err) => this.options.logger.debug({ err, qid: this.qid }, 'socket error'));
     this.socket.on('close', () => this.shutdown(ReplError.closed(`NVMe/TCP queue ${this.qid}`)));
     const timeoutMs = this.options.commandTimeoutMs ?? 30_000;
@@ -287,7 +294,10 @@ export class HostQueue {
     }
     // damaged data fails the command once its response arrives (the Linux host's Data Transfer Error)
     if (!pdu.dataDigestOk) o.failure = ReplError.io(`${o.what}: C2H data digest mismatch`);
-    if (!pdu.placed) data.copy(o.readInto, h.datao);
+    if (!pdu.placed) {
+      data.copy(o.readInto, h.datao);
+      payloadPool.release(data);
+    }
     o.received += h.datal;
     if (pdu.flags & PduFlag.SUCCESS) this.onResponse({ dw0: 0, dw1: 0, sqhd: 0, sqid: this.qid, cid: h.cccid, status: 0 });
   }
