@@ -54,6 +54,8 @@ export interface ConnectionLimits extends ReaderLimits {
   maxInFlightBytes: number;
   /** How long shutdown() waits for in-flight requests before closing anyway. */
   drainTimeoutMs: number;
+  /** Move the socket to static-buffer reads (block/static-reads.ts); false keeps stream reads. */
+  staticReads: boolean;
 }
 
 export interface ConnectionHooks {
@@ -102,7 +104,7 @@ export class NbdConnection {
     accepted: net.Socket,
     private readonly hooks: ConnectionHooks,
   ) {
-    const adopted = adoptStaticReads(accepted, (chunk) => this.onData(chunk));
+    const adopted = hooks.limits.staticReads ? adoptStaticReads(accepted, (chunk) => this.onData(chunk)) : null;
     const socket = adopted ?? accepted;
     this.socket = socket;
     this.transient = adopted !== null;

@@ -33,6 +33,8 @@ export interface NbdServerOptions {
   logger?: Logger;
   maxConnections?: number;
   handshakeTimeoutMs?: number;
+  /** Static-buffer socket reads (default true; false: Node's stream reads, slower). */
+  staticReads?: boolean;
 }
 
 export const DEFAULT_MAX_CONNECTIONS = 256;
@@ -62,6 +64,7 @@ export class NbdServer {
       maxInFlight: 128,
       maxInFlightBytes: 64 * 1024 * 1024,
       drainTimeoutMs: 10_000,
+      staticReads: options.staticReads ?? true,
     };
   }
 

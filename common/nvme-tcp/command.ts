@@ -46,6 +46,8 @@ export interface TargetLimits {
   maxC2HData: number;
   /** Bytes of solicited write data one connection may have buffered at once. */
   maxR2TBuffer: number;
+  /** Accepted sockets read into the shared static buffer (block/static-reads.ts); false keeps stream reads. */
+  staticReads: boolean;
 }
 
 /** What a queue may ask of the target. */

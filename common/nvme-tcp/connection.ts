@@ -99,7 +99,7 @@ export class Connection implements QueueContext, QueueHandle {
     readonly target: TargetContext,
     private readonly onClosed: (c: Connection) => void,
   ) {
-    const adopted = adoptStaticReads(accepted, (chunk) => this.onData(chunk));
+    const adopted = target.limits.staticReads ? adoptStaticReads(accepted, (chunk) => this.onData(chunk)) : null;
     const socket = adopted ?? accepted;
     this.socket = socket;
     const addr = socket.localAddress ?? '127.0.0.1';

@@ -55,6 +55,8 @@ export interface NvmeTcpTargetOptions {
   keepAliveGraceMs?: number;
   /** Time one PDU may take to arrive once it started (default 30 s). */
   pduTimeoutMs?: number;
+  /** Static-buffer socket reads (default true; false: Node's stream reads, slower). */
+  staticReads?: boolean;
 }
 
 const DEFAULTS = {
@@ -106,6 +108,7 @@ export class NvmeTcpTarget {
       maxTransfer: MAX_TRANSFER,
       maxC2HData: 128 * 1024,
       maxR2TBuffer: 32 * 1024 * 1024,
+      staticReads: options.staticReads ?? true,
     };
     this.context = {
       logger: this.logger,

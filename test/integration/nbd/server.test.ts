@@ -142,6 +142,21 @@ describe('NbdServer <-> NbdClient', () => {
     for (const w of writes) expect((await c.read(w.offset, w.data.length)).equals(w.data)).toBe(true);
   });
 
+  it('serves with stream reads when static-buffer reads are off (the fallback path)', async () => {
+    const plain = new NbdServer({ logger: testLogger('nbd-server'), staticReads: false });
+    plain.addExport({ name: 'mem', device: new MemoryDevice(16 * MiB) });
+    const addr = await plain.listen('127.0.0.1', 0);
+    const c = await NbdClient.connect({ host: '127.0.0.1', port: addr.port, exportName: 'mem' });
+    try {
+      const writes = [0, 1, 2, 3].map((i) => ({ offset: i * MiB, data: pattern(128 * 1024 + i * 4096, 40 + i) }));
+      await Promise.all(writes.map((w) => c.write(w.offset, w.data)));
+      for (const w of writes) expect((await c.read(w.offset, w.data.length)).equals(w.data)).toBe(true);
+    } finally {
+      await c.close();
+      await plain.close();
+    }
+  });
+
   it('shares one device across connections (multi-conn)', async () => {
     const a = await connect();
     const b = await connect();

@@ -203,6 +203,21 @@ describe('NVMe/TCP target: recycled data buffers', () => {
   });
 });
 
+describe('NVMe/TCP target: stream-read fallback', () => {
+  it('serves with stream reads when static-buffer reads are off', async () => {
+    const env = await start('memory', { staticReads: false });
+    const host = await NvmeTcpHost.connect({ host: '127.0.0.1', port: env.port, subnqn: NQN, ioQueues: 1, queueDepth: 16 });
+    try {
+      const writes = [0, 1, 2, 3].map((i) => ({ off: i * 1024 * 1024, data: pattern(128 * 1024 + i * 4096, 50 + i) }));
+      await Promise.all(writes.map((w) => host.write(1, w.off, w.data)));
+      for (const w of writes) expect((await host.read(1, w.off, w.data.length)).equals(w.data)).toBe(true);
+    } finally {
+      await host.close();
+      await env.cleanup();
+    }
+  });
+});
+
 describe('NVMe/TCP target: discovery, subsystems, controllers', () => {
   let env: Env;
   afterEach(async () => {
