@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ACTIVITY_LOG_FILE, ActivityLog, decodeLogHeader } from '../../../agent/activity-log';
+import { ACTIVITY_LOG_FILE, ActivityLog, decodeLogHeader, READ_AHEAD_EXTENTS } from '../../../agent/activity-log';
 import { BITMAP_FILE, decodeBitmapFile, encodeBitmapFile } from '../../../agent/bitmap-store';
 import { DirtyBitmap } from '../../../agent/dirty-bitmap';
 import { silentLogger } from '../../../common/log';
@@ -40,10 +40,41 @@ describe('ActivityLog on disk', () => {
   test('group commit: concurrent writers to cold extents share one record', async () => {
     const { log } = await open(16);
     const before = log.stats.records;
-    await Promise.all([0, 1, 2, 3, 4].map((x) => write(log, x * EXTENT + 512, 4096)));
+    // not adjacent, so no sequential read-ahead joins in
+    await Promise.all([0, 2, 4, 6, 8].map((x) => write(log, x * EXTENT + 512, 4096)));
     expect(log.stats.records - before).toBe(1);
-    expect(log.hotExtents().sort()).toEqual([0, 1, 2, 3, 4]);
+    expect(log.hotExtents().sort((a, b) => a - b)).toEqual([0, 2, 4, 6, 8]);
     await log.close();
+  });
+
+  test('sequential read-ahead: a stream crossing extents pays one commit per READ_AHEAD_EXTENTS', async () => {
+    const { log } = await open(64);
+    const before = log.stats.records;
+    // a sequential writer over 40 extents, 4 writes per extent, one at a time
+    for (let x = 0; x < 40; x++) for (let k = 0; k < 4; k++) await write(log, x * EXTENT + k * (EXTENT / 4), EXTENT / 4);
+    const commits = log.stats.records - before;
+    // the first extent has no hot predecessor; then one commit per READ_AHEAD_EXTENTS
+    expect(commits).toBeLessThanOrEqual(1 + Math.ceil(39 / READ_AHEAD_EXTENTS));
+    expect(commits).toBeGreaterThan(1);
+    const hot = new Set(log.hotExtents());
+    for (let x = 0; x < 40; x++) expect(hot.has(x)).toBe(true);
+    await log.close();
+  });
+
+  test('read-ahead never evicts and never passes the end of the device', async () => {
+    const { log } = await open(10);
+    for (let x = 0; x < 10; x++) await write(log, x * EXTENT, 4096);
+    expect(log.hotCount).toBeLessThanOrEqual(10);
+    expect(log.stats.evictions).toBe(0);
+    const { log: tail } = await (async () => {
+      await log.close();
+      return open(64);
+    })();
+    const last = SIZE / EXTENT - 1;
+    await write(tail, (last - 1) * EXTENT, 4096);
+    await write(tail, last * EXTENT, 4096);
+    expect(Math.max(...tail.hotExtents())).toBe(last);
+    await tail.close();
   });
 
   test('unclean stop: reopen marks every region of every hot extent dirty', async () => {
