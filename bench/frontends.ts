@@ -156,7 +156,9 @@ async function benchTarget(target: Target, dir: string, log: (s: string) => void
         return out;
       }
       // one I/O queue, like qemu-img's single NBD connection: a like-for-like client
-      const host = await NvmeTcpHost.connect({ host: '127.0.0.1', port: ready.nvme?.port ?? 0, subnqn: ready.nqn, ioQueues: 1, queueDepth: 64 });
+      // SQ flow control disabled, as `nvme connect --disable-sqflow` would: reads then
+      // complete with their last C2HData PDU (SUCCESS), one PDU less per read
+      const host = await NvmeTcpHost.connect({ host: '127.0.0.1', port: ready.nvme?.port ?? 0, subnqn: ready.nqn, ioQueues: 1, queueDepth: 64, disableSqFlow: true });
       try {
         for (const w of WORKLOADS) await nvmeBench(warmupOf(w), host, target);
         for (const w of WORKLOADS) out.push(await nvmeBench(w, host, target));

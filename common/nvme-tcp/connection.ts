@@ -401,13 +401,18 @@ export class Connection implements QueueContext, QueueHandle {
     if (cmd.data) payloadPool.release(cmd.data);
     cmd.data = null;
     if (this.state === 'closing' || this.state === 'closed') return;
-    if (c.status === 0 && c.data && cmd.dir === 'c2h' && cmd.sqe.sglLength > 0) this.sendC2HData(cmd, c.data);
-    this.sendResponse(cmd.sqe.cid, c);
+    const withData = c.status === 0 && c.data !== undefined && c.data !== null && cmd.dir === 'c2h' && cmd.sqe.sglLength > 0;
+    // SQ flow control disabled (Connect CATTR b2): a successful read ends with
+    // SUCCESS on its last C2HData and no CapsuleResp (one PDU less per read;
+    // there is no SQHD to report). Anything with completion dwords still gets a CQE.
+    const successInData = withData && this.sqFlowDisabled && !c.dw0 && !c.dw1 && !c.closeAfter;
+    if (withData) this.sendC2HData(cmd, c.data!, successInData);
+    if (!successInData) this.sendResponse(cmd.sqe.cid, c);
     if (c.closeAfter) this.endGracefully('closed after command');
   }
 
-  /** C2HData PDUs covering exactly the SGL length, LAST_PDU on the final one. */
-  private sendC2HData(cmd: PendingCommand, data: Buffer): void {
+  /** C2HData PDUs covering exactly the SGL length, LAST_PDU (and SUCCESS when asked) on the final one. */
+  private sendC2HData(cmd: PendingCommand, data: Buffer, success: boolean): void {
     const total = cmd.sqe.sglLength;
     if (data.length > total) data = data.subarray(0, total);
     else if (data.length < total) {
@@ -418,7 +423,7 @@ export class Connection implements QueueContext, QueueHandle {
     const step = this.target.limits.maxC2HData;
     for (let off = 0; off < total; off += step) {
       const part = data.subarray(off, Math.min(total, off + step));
-      const flags = off + part.length >= total ? PduFlag.LAST_PDU : 0;
+      const flags = off + part.length >= total ? PduFlag.LAST_PDU | (success ? PduFlag.SUCCESS : 0) : 0;
       this.send(encodeDataPdu(PduType.C2H_DATA, { cccid: cmd.sqe.cid, ttag: 0, datao: off }, part, flags, this.digests, this.c2hAlign));
     }
   }

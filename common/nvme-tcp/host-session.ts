@@ -97,6 +97,8 @@ export interface AssociationParams {
   kato: number;
   headerDigest: boolean;
   dataDigest: boolean;
+  /** Connect with CATTR b2 (SQ flow control disabled): the target may end reads with a SUCCESS C2HData. */
+  disableSqFlow?: boolean;
   logger: Logger;
 }
 
@@ -137,7 +139,7 @@ export async function associate(p: AssociationParams): Promise<{ admin: HostQueu
 export async function connectQueue(q: HostQueue, p: AssociationParams, qid: number, sqsize: number, cntlid: number): Promise<number> {
   const data = encodeConnectData({ hostid: Buffer.from(p.hostid.replace(/-/g, ''), 'hex'), cntlid, subnqn: p.subnqn, hostnqn: p.hostnqn });
   const cqe = await q.submit(
-    { opcode: FABRICS_OPCODE, fctype: FabricsType.CONNECT, cdw10: qid << 16, cdw11: sqsize, cdw12: qid === 0 ? p.kato : 0 },
+    { opcode: FABRICS_OPCODE, fctype: FabricsType.CONNECT, cdw10: qid << 16, cdw11: (sqsize | (p.disableSqFlow ? 0x04 << 16 : 0)) >>> 0, cdw12: qid === 0 ? p.kato : 0 },
     { data, what: `connect qid ${qid}` },
   );
   return cqe.dw0 & 0xffff;

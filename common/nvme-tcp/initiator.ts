@@ -46,6 +46,11 @@ export interface NvmeHostOptions {
   dataDigest?: boolean;
   /** Keep-alive timeout in ms (default 5000; 0 disables keep alive). */
   kato?: number;
+  /**
+   * Disable SQ flow control (Connect CATTR b2, like `nvme connect --disable-sqflow`): successful reads
+   * then complete with their last C2HData PDU (SUCCESS flag) instead of a separate CapsuleResp.
+   */
+  disableSqFlow?: boolean;
   logger?: Logger;
 }
 
@@ -75,6 +80,7 @@ export class NvmeTcpHost {
       kato: options.kato ?? 5000,
       headerDigest: options.headerDigest ?? false,
       dataDigest: options.dataDigest ?? false,
+      disableSqFlow: options.disableSqFlow ?? false,
       logger: options.logger ?? silentLogger,
     };
     const { admin, cntlid, controller } = await associate(params);

@@ -1,5 +1,6 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { BlockDevice } from '../../../common/block/device';
@@ -7,6 +8,7 @@ import { FileDevice } from '../../../common/block/file-device';
 import { MemoryDevice } from '../../../common/block/memory-device';
 import { testLogger } from '../../../common/log';
 import { NvmeTcpBlockDevice, NvmeTcpHost } from '../../../common/nvme-tcp/initiator';
+import { PduFlag } from '../../../common/nvme-tcp/pdu';
 import { NvmeStatusError, Status } from '../../../common/nvme-tcp/status';
 import { NvmeTcpTarget } from '../../../common/nvme-tcp/target';
 import { AdminOpcode, FeatureId, IoOpcode } from '../../../common/nvme-tcp/sqe';
@@ -213,6 +215,85 @@ describe('NVMe/TCP target: stream-read fallback', () => {
       for (const w of writes) expect((await host.read(1, w.off, w.data.length)).equals(w.data)).toBe(true);
     } finally {
       await host.close();
+      await env.cleanup();
+    }
+  });
+});
+
+/**
+ * A loopback tap between host and target that parses the target's PDU stream
+ * (common header: type at 0, flags at 1, PLEN at 4) and records each PDU.
+ */
+async function pduTap(targetPort: number): Promise<{ port: number; pdus: { type: number; flags: number }[]; close(): Promise<void> }> {
+  const pdus: { type: number; flags: number }[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect({ host: '127.0.0.1', port: targetPort, noDelay: true });
+    client.setNoDelay(true);
+    sockets.add(client).add(upstream);
+    let pending = Buffer.alloc(0);
+    upstream.on('data', (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      while (pending.length >= 8 && pending.length >= pending.readUInt32LE(4)) {
+        pdus.push({ type: pending[0]!, flags: pending[1]! });
+        pending = pending.subarray(pending.readUInt32LE(4));
+      }
+      client.write(chunk);
+    });
+    client.on('data', (chunk: Buffer) => upstream.write(chunk));
+    const end = (): void => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('close', end).on('error', end);
+    upstream.on('close', end).on('error', end);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    pdus,
+    close: async () => {
+      for (const sk of sockets) sk.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+describe('NVMe/TCP target: SQ flow control disabled (Connect CATTR b2)', () => {
+  const CAPSULE_RESP = 0x05;
+  const C2H_DATA = 0x07;
+
+  it.each([false, true])('reads end with a SUCCESS C2HData and no CapsuleResp; everything else keeps its CQE (data digest %s)', async (ddgst) => {
+    const env = await start('memory');
+    const tap = await pduTap(env.port);
+    let host: NvmeTcpHost | null = null;
+    let plain: NvmeTcpHost | null = null;
+    try {
+      host = await NvmeTcpHost.connect({ host: '127.0.0.1', port: tap.port, subnqn: NQN, ioQueues: 2, queueDepth: 16, disableSqFlow: true, dataDigest: ddgst, kato: 0 });
+      const writes = [0, 1, 2, 3].map((i) => ({ off: i * 1024 * 1024 + i * 4096, data: pattern(4096 * (1 + 40 * i), 70 + i) }));
+      await Promise.all(writes.map((w) => host!.write(1, w.off, w.data)));
+      tap.pdus.length = 0;
+      const got = await Promise.all(writes.map((w) => host!.read(1, w.off, w.data.length)));
+      got.forEach((g, i) => expect(g.equals(writes[i]!.data)).toBe(true));
+      expect(tap.pdus.filter((p) => p.type === CAPSULE_RESP)).toHaveLength(0);
+      const last = tap.pdus.filter((p) => p.type === C2H_DATA && (p.flags & PduFlag.LAST_PDU) !== 0);
+      expect(last).toHaveLength(writes.length);
+      for (const p of last) expect(p.flags & PduFlag.SUCCESS).toBe(PduFlag.SUCCESS);
+      // a failed read still completes with a CapsuleResp carrying its status
+      tap.pdus.length = 0;
+      await expect(host.read(1, SIZE - 4096, 8192)).rejects.toBeInstanceOf(NvmeStatusError);
+      expect(tap.pdus.filter((p) => p.type === CAPSULE_RESP)).toHaveLength(1);
+      // a host that keeps flow control on never sees SUCCESS
+      plain = await NvmeTcpHost.connect({ host: '127.0.0.1', port: tap.port, subnqn: NQN, ioQueues: 1, kato: 0 });
+      await plain.read(1, 0, 4096); // the first read also identifies the namespace (admin queue)
+      tap.pdus.length = 0;
+      expect((await plain.read(1, writes[1]!.off, 4096)).equals(writes[1]!.data.subarray(0, 4096))).toBe(true);
+      expect(tap.pdus.filter((p) => p.type === CAPSULE_RESP)).toHaveLength(1);
+      expect(tap.pdus.every((p) => (p.flags & PduFlag.SUCCESS) === 0)).toBe(true);
+    } finally {
+      await plain?.close();
+      await host?.close();
+      await tap.close();
       await env.cleanup();
     }
   });
