@@ -10,9 +10,15 @@
  *   seg-<ordinal:016x>-<owner>-<nonce:016x>.rjl   segment files
  * Manifest replacement: write manifest.json.tmp, fsync it, rename over
  * manifest.json, fsync the directory. A crash leaves either the old or the new
- * manifest, never a mix. Segment creation writes the header and zero-fills the
- * whole file (so appends never grow it), fsyncs it and the directory before the
- * manifest may name it.
+ * manifest, never a mix. Segment creation writes the header and sets the full
+ * size with ftruncate (sparse: appends never change the file size, so an
+ * fdatasync never has to persist a new size), fsyncs it and the directory
+ * before the manifest may name it. Not zero-filled: writing 64 MiB of zeroes
+ * per 64 MiB of journal doubled the hub's disk writes, and each zero-fill
+ * burst plus its fsync stalled the journal's group commits behind it (lag p99
+ * at 7000 paced 4 KiB writes/s: 58-187 ms zero-filled, 36-38 ms sparse; the
+ * price, a block allocation in the fdatasync of newly reached blocks, is
+ * smaller). A scan of never-written space reads zeroes: no valid record.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -60,7 +66,6 @@ export interface JournalStorage {
   listSegments(): Promise<string[]>;
 }
 
-const ZEROES = Buffer.alloc(1024 * 1024);
 const MANIFEST = 'manifest.json';
 
 function call<T>(fn: (cb: (err: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> {
@@ -155,9 +160,7 @@ export class LocalJournalStorage implements JournalStorage {
     const file = new LocalSegmentFile(name, size, fd);
     try {
       await file.write([header], 0);
-      for (let pos = header.length; pos < size; pos += ZEROES.length) {
-        await file.write([ZEROES.subarray(0, Math.min(ZEROES.length, size - pos))], pos);
-      }
+      await call<void>((cb) => fs.ftruncate(fd, size, (err) => cb(err, undefined)));
       await file.sync();
       await this.syncDir();
     } catch (err) {

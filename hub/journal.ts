@@ -12,7 +12,7 @@
  * one writev per segment, then one fdatasync, then resolves every promise of
  * the batch in append order. Records appended while a sync runs form the next
  * batch. When a record does not fit the active segment, the loop syncs it,
- * switches to the spare segment (created and zero-filled in the background, so
+ * switches to the spare segment (created at full size in the background, so
  * appends never grow a file), and commits a manifest naming the old segment
  * sealed at its end offset and the new one active, before writing on.
  *
