@@ -59,6 +59,8 @@ export interface TargetContext {
   discoveryLog(local: { address: string; port: number }): Buffer;
   countCommand(): void;
   countProtocolError(): void;
+  /** A read completed by its last C2HData (SUCCESS flag) instead of a CapsuleResp. */
+  countSuccessRead(): void;
 }
 
 /** What a command handler may ask of its queue. */

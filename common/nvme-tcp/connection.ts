@@ -407,7 +407,8 @@ export class Connection implements QueueContext, QueueHandle {
     // there is no SQHD to report). Anything with completion dwords still gets a CQE.
     const successInData = withData && this.sqFlowDisabled && !c.dw0 && !c.dw1 && !c.closeAfter;
     if (withData) this.sendC2HData(cmd, c.data!, successInData);
-    if (!successInData) this.sendResponse(cmd.sqe.cid, c);
+    if (successInData) this.target.countSuccessRead();
+    else this.sendResponse(cmd.sqe.cid, c);
     if (c.closeAfter) this.endGracefully('closed after command');
   }
 

@@ -81,6 +81,7 @@ export class NvmeTcpTarget {
   private genctr = 1n;
   private commands = 0;
   private protocolErrors = 0;
+  private successReads = 0;
   private closing: Promise<void> | null = null;
   private readonly context: TargetContext;
 
@@ -117,6 +118,7 @@ export class NvmeTcpTarget {
       discoveryLog: (local) => this.discoveryLog(local),
       countCommand: () => void this.commands++,
       countProtocolError: () => void this.protocolErrors++,
+      countSuccessRead: () => void this.successReads++,
     };
   }
 
@@ -185,10 +187,10 @@ export class NvmeTcpTarget {
     return this.closing;
   }
 
-  stats(): { connections: number; controllers: number; commands: number; protocolErrors: number } {
+  stats(): { connections: number; controllers: number; commands: number; protocolErrors: number; successReads: number } {
     let controllers = this.discovery.controllers.size;
     for (const sub of this.subsystems.values()) controllers += sub.controllers.size;
-    return { connections: this.connections.size, controllers, commands: this.commands, protocolErrors: this.protocolErrors };
+    return { connections: this.connections.size, controllers, commands: this.commands, protocolErrors: this.protocolErrors, successReads: this.successReads };
   }
 
   private onConnection(socket: net.Socket): void {

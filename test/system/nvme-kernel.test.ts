@@ -260,6 +260,21 @@ describe('Linux kernel NVMe/TCP host in QEMU', () => {
   );
 
   it(
+    'the same with SQ flow control disabled (disable_sqflow) and data digests: reads complete by SUCCESS C2HData',
+    async () => {
+      if (!image) return skipVm();
+      const s = await serve('sqflow');
+      const { run, live } = await interop(s, 'nr_io_queues=2,disable_sqflow,data_digest', false);
+      expectGuestData(run, pattern);
+      await expectTargetStats(s, live);
+      expect(s.target.stats().successReads).toBeGreaterThan(0);
+      await s.device.flush();
+      expectBackingFile(s.file, pattern);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it(
     'the same with header and data digests (CRC32C) on every queue',
     async () => {
       if (!image) return skipVm();

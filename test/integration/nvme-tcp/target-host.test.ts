@@ -273,12 +273,14 @@ describe('NVMe/TCP target: SQ flow control disabled (Connect CATTR b2)', () => {
       const writes = [0, 1, 2, 3].map((i) => ({ off: i * 1024 * 1024 + i * 4096, data: pattern(4096 * (1 + 40 * i), 70 + i) }));
       await Promise.all(writes.map((w) => host!.write(1, w.off, w.data)));
       tap.pdus.length = 0;
+      const before = env.target.stats().successReads; // Identify data on the admin queue counts too
       const got = await Promise.all(writes.map((w) => host!.read(1, w.off, w.data.length)));
       got.forEach((g, i) => expect(g.equals(writes[i]!.data)).toBe(true));
       expect(tap.pdus.filter((p) => p.type === CAPSULE_RESP)).toHaveLength(0);
       const last = tap.pdus.filter((p) => p.type === C2H_DATA && (p.flags & PduFlag.LAST_PDU) !== 0);
       expect(last).toHaveLength(writes.length);
       for (const p of last) expect(p.flags & PduFlag.SUCCESS).toBe(PduFlag.SUCCESS);
+      expect(env.target.stats().successReads - before).toBe(writes.length);
       // a failed read still completes with a CapsuleResp carrying its status
       tap.pdus.length = 0;
       await expect(host.read(1, SIZE - 4096, 8192)).rejects.toBeInstanceOf(NvmeStatusError);
@@ -290,6 +292,7 @@ describe('NVMe/TCP target: SQ flow control disabled (Connect CATTR b2)', () => {
       expect((await plain.read(1, writes[1]!.off, 4096)).equals(writes[1]!.data.subarray(0, 4096))).toBe(true);
       expect(tap.pdus.filter((p) => p.type === CAPSULE_RESP)).toHaveLength(1);
       expect(tap.pdus.every((p) => (p.flags & PduFlag.SUCCESS) === 0)).toBe(true);
+      expect(env.target.stats().successReads - before).toBe(writes.length);
     } finally {
       await plain?.close();
       await host?.close();
