@@ -37,6 +37,13 @@ export interface DeviceInfo {
 export interface WriteOptions {
   /** Forced unit access: durable before the call completes. */
   fua?: boolean;
+  /**
+   * writeZeroes only (NBD NO_HOLE): the range should stay allocated; the device
+   * writes zero bytes rather than deallocating. Filters pass it on unchanged
+   * (replication still ships a zeroes record, never zero data). FileDevice
+   * always writes zeroes, so it needs no special case.
+   */
+  noHole?: boolean;
 }
 
 export interface Extent {

@@ -77,10 +77,13 @@ export class MemoryDevice implements BlockDevice {
     this.put(offset, data, data.length);
   }
 
-  async writeZeroes(offset: number, length: number, _options?: WriteOptions): Promise<void> {
+  async writeZeroes(offset: number, length: number, options?: WriteOptions): Promise<void> {
     this.check(offset, length, true);
     this.stats.zeroes++;
-    this.put(offset, null, length);
+    if (!options?.noHole) return this.put(offset, null, length); // becomes a hole
+    // NO_HOLE keeps the range allocated: real zero bytes, one chunk at a time
+    const zero = Buffer.alloc(Math.min(CHUNK, length));
+    for (let pos = offset; pos < offset + length; pos += zero.length) this.put(pos, zero, Math.min(zero.length, offset + length - pos));
   }
 
   async trim(offset: number, length: number, _options?: WriteOptions): Promise<void> {

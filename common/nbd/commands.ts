@@ -44,8 +44,6 @@ export interface CommandContext {
 
 /** Upper bound of extents in one block-status reply (protocol allows 2^20; clients re-ask). */
 const MAX_EXTENTS = 64 * 1024;
-/** Explicit zero writes (NO_HOLE) go to the device in pieces of this size. */
-const ZERO_PIECE = 1024 * 1024;
 
 const ALLOWED_FLAGS: Record<number, number> = {
   [Cmd.READ]: CmdFlag.FUA | CmdFlag.DF,
@@ -160,18 +158,10 @@ async function writeZeroes(ctx: CommandContext, req: NbdRequest, fua: boolean): 
   // requests at once, changing nothing (the client falls back to writing).
   if (req.flags & CmdFlag.FAST_ZERO) throw new CommandError(NbdErrno.ENOTSUP, 'fast zero not supported');
   if (req.length === 0) return;
-  const dev = ctx.export.device;
-  if (!(req.flags & CmdFlag.NO_HOLE)) {
-    await dev.writeZeroes(req.offset, req.length, { fua });
-    return;
-  }
-  // NO_HOLE: the range must end up allocated, so write real zeroes.
-  const zero = Buffer.alloc(Math.min(ZERO_PIECE, req.length));
-  for (let pos = req.offset; pos < req.offset + req.length; pos += zero.length) {
-    const n = Math.min(zero.length, req.offset + req.length - pos);
-    await dev.write(pos, n === zero.length ? zero : zero.subarray(0, n));
-  }
-  if (fua) await dev.flush();
+  // NO_HOLE: the range should stay allocated; the device writes zero bytes
+  // (WriteOptions.noHole). Still a zeroing call, so replication ships a zeroes
+  // record instead of the zero data a plain write would carry.
+  await ctx.export.device.writeZeroes(req.offset, req.length, { fua, noHole: (req.flags & CmdFlag.NO_HOLE) !== 0 });
 }
 
 function extentFlags(e: Extent): number {

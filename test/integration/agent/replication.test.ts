@@ -4,6 +4,7 @@ import { Agent, AgentConfig, AgentEvent, createAgent } from '../../../agent';
 import { checkReplicaFiles } from '../../../agent/reference-log';
 import { BitmapStore } from '../../../agent/bitmap-store';
 import { testLogger } from '../../../common/log';
+import { NbdClient } from '../../../common/nbd/client';
 import { FakeHub } from '../../helpers/fake-hub';
 import { useTmpDir } from '../../helpers/tmpdir';
 import { sleep, waitFor } from '../../helpers/wait-for';
@@ -115,6 +116,32 @@ describe('agent replication against a scripted hub', () => {
     // and the checker can fail: the replica is not the volume as of the first point
     const first = hub.points.get('vol1')![0]!;
     expect(checkReplicaFiles(ref, first.image, { size: SIZE, regionSize: REGION, epoch: point.epoch, base: initial }).ok).toBe(false);
+  });
+
+  test('NBD WRITE_ZEROES with NO_HOLE ships a zeroes record, not zero data, and leaves the range allocated', async () => {
+    const a = await start(config({}, { nbdListen: { host: '127.0.0.1', port: 0 } }));
+    await hub.waitForResyncEnd();
+    await settled(a);
+    const dev = a.device('vol1');
+    await dev.write(8 * REGION, pattern(2 * REGION, 9));
+    await settled(a);
+    const before = hub.all().length;
+    const nbd = await NbdClient.connect({ host: '127.0.0.1', port: a.status().nbd!.port, exportName: 'vol1' });
+    try {
+      await nbd.writeZeroes(8 * REGION, 2 * REGION, { noHole: true });
+      await nbd.flush();
+    } finally {
+      await nbd.close();
+    }
+    await settled(a);
+    const writes = hub.all().slice(before).flatMap((m) => (m.type === 'write' ? [m.write] : []));
+    expect(writes.map((w) => ({ kind: w.kind, offset: w.offset, length: w.length, data: w.data.length }))).toEqual([
+      { kind: 'zeroes', offset: 8 * REGION, length: 2 * REGION, data: 0 },
+    ]);
+    expect(volumeBytes().subarray(8 * REGION, 10 * REGION).equals(Buffer.alloc(2 * REGION))).toBe(true);
+    // FileDevice writes zeroes, never punches: the range stays allocated
+    const st = fs.statSync(path.join(tmp.path, 'vol1.img'));
+    expect(st.blocks * 512).toBeGreaterThanOrEqual(2 * REGION);
   });
 
   test('disconnect: writes keep succeeding, reconnect resumes and ships only the dirty regions', async () => {
