@@ -375,6 +375,9 @@ export class Journal {
         this.durableEpoch = w.epoch;
         batch.forEach((p, i) => p.resolve(w.entries[i]!));
       });
+      // a sync may fail while the next batch is being written, before anything awaits
+      // it: mark it handled now (the awaits above and below still see the rejection)
+      syncing.catch(() => undefined);
     }
   }
 
