@@ -206,18 +206,11 @@ const ENUMS = {
 
 type Plain = Record<string, unknown>;
 
+/** 64-bit fields arrive as numbers (protobufjs without Long, above); only safe non-negative integers pass. */
 function toNumber(value: unknown, field: string): number {
-  if (typeof value === 'number') {
-    if (!Number.isSafeInteger(value) || value < 0) throw ReplError.protocol(`field ${field} out of range`);
-    return value;
-  }
-  const long = value as { low?: unknown; high?: unknown; unsigned?: unknown } | null;
-  if (long && typeof long.low === 'number' && typeof long.high === 'number') {
-    // high word must leave the value inside 2^53 and non-negative
-    if (long.high < 0 || long.high >= 0x200000) throw ReplError.protocol(`field ${field} out of range`);
-    return long.high * 0x100000000 + (long.low >>> 0);
-  }
-  throw ReplError.protocol(`field ${field} is not an integer`);
+  if (typeof value !== 'number') throw ReplError.protocol(`field ${field} is not an integer`);
+  if (!Number.isSafeInteger(value) || value < 0) throw ReplError.protocol(`field ${field} out of range`);
+  return value;
 }
 
 /** Converts a decoded protobufjs message of `type` into a plain object of our shape. */
@@ -314,6 +307,9 @@ function writeFromMessage(v: Plain): Plain {
   };
 }
 
+/** Specialised conversions for hot bodies, by envelope field (the rest use the generic walk). */
+const FAST_CONVERTERS = new Map<protobuf.Field, (v: Plain) => Plain>([[AgentMessageType.fields.write!, writeFromMessage]]);
+
 function encodeEnvelope(envelope: protobuf.Type, type: string, body: Plain): Buffer {
   const field = envelope.fields[type];
   if (!field) throw ReplError.internal(`unknown message type ${type}`);
@@ -340,8 +336,8 @@ function decodeEnvelope(envelope: protobuf.Type, buf: Buffer): { type: string; b
   const value = (msg as unknown as Plain)[type];
   if (value === null || typeof value !== 'object') throw ReplError.protocol(`body ${type} is not a message`);
   try {
-    const body = type === 'write' && envelope === AgentMessageType ? writeFromMessage(value as Plain) : fromMessage(field.resolvedType as protobuf.Type, value as Plain);
-    return { type, body };
+    const convert = FAST_CONVERTERS.get(field);
+    return { type, body: convert ? convert(value as Plain) : fromMessage(field.resolvedType as protobuf.Type, value as Plain) };
   } catch (err) {
     if (err instanceof ReplError) throw err;
     throw new ReplError('E_PROTOCOL', `malformed ${type}: ${(err as Error).message}`, { cause: err });

@@ -23,6 +23,7 @@
  */
 import * as fs from 'node:fs';
 import { ReplError, asReplError } from '../errors';
+import { preadFull } from './file-device';
 
 const ALIGN = 4096;
 const WASM_PAGE = 64 * 1024;
@@ -38,9 +39,6 @@ export function alignedBuffer(bytes: number): Buffer {
   return Buffer.from(memory.buffer, 0, bytes);
 }
 
-function read(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.read(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
-}
 
 export class DirectReader {
   /** Reads that went direct / buffered (tests and metrics). */
@@ -89,7 +87,7 @@ export class DirectReader {
       const aligned = offset % ALIGN === 0 && target.length % ALIGN === 0 && target.byteOffset % ALIGN === 0;
       if (this.direct !== null && aligned) {
         try {
-          await this.fill(this.direct, offset, target);
+          await preadFull(this.direct, target, offset);
           this.stats.direct++;
           return;
         } catch (err) {
@@ -100,22 +98,10 @@ export class DirectReader {
           fs.close(fd, () => undefined);
         }
       }
-      await this.fill(this.buffered, offset, target);
+      await preadFull(this.buffered, target, offset);
       this.stats.buffered++;
     } catch (err) {
       throw asReplError(err);
-    }
-  }
-
-  private async fill(fd: number, offset: number, target: Buffer): Promise<void> {
-    let done = 0;
-    while (done < target.length) {
-      const n = await read(fd, target, done, target.length - done, offset + done);
-      if (n === 0) {
-        target.fill(0, done);
-        return;
-      }
-      done += n;
     }
   }
 

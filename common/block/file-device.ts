@@ -109,6 +109,19 @@ function pread(fd: number, buf: Buffer, off: number, len: number, pos: number): 
   );
 }
 
+/** Fills buf from pos on the thread pool (several reads if short); zeroes past the end of the file. */
+export async function preadFull(fd: number, buf: Buffer, pos: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const n = await pread(fd, buf, done, buf.length - done, pos + done);
+    if (n === 0) {
+      buf.fill(0, done);
+      return;
+    }
+    done += n;
+  }
+}
+
 function preadSync(fd: number, buf: Buffer, pos: number): void {
   let done = 0;
   while (done < buf.length) {
@@ -237,15 +250,7 @@ export class FileDevice implements BlockDevice {
         return buf;
       }
       this.inline.stats.pooled++;
-      let done = 0;
-      while (done < length) {
-        const n = await pread(this.fd, buf, done, length - done, offset + done);
-        if (n === 0) {
-          buf.fill(0, done);
-          break;
-        }
-        done += n;
-      }
+      await preadFull(this.fd, buf, offset);
     } catch (err) {
       throw asReplError(err);
     }
