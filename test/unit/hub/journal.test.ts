@@ -144,18 +144,19 @@ describe('Journal', () => {
     await again.journal.close();
   });
 
-  it('fails every queued append after an I/O error and refuses later ones', async () => {
+  it.each(['write', 'sync'] as const)('fails every queued append after a failed %s and refuses later ones (fail-stop)', async (op) => {
     const { journal } = await openJournal(tmp.path);
     await journal.append(rec(1, 10));
-    // simulate a dead disk: make the active file's fd unusable
-    const files = (journal as unknown as { files: Map<number, { write: () => Promise<void> }> }).files;
-    for (const f of files.values()) f.write = () => Promise.reject(Object.assign(new Error('EIO'), { code: 'EIO' }));
+    // simulate a dead disk: the segment files' writes (or fdatasyncs) fail
+    const files = (journal as unknown as { files: Map<number, Record<typeof op, () => Promise<void>>> }).files;
+    for (const f of files.values()) f[op] = () => Promise.reject(Object.assign(new Error('EIO'), { code: 'EIO' }));
     const a = journal.append(rec(2, 10));
     const b = journal.append(rec(3, 10));
     await expect(a).rejects.toMatchObject({ code: 'E_IO' });
     await expect(b).rejects.toMatchObject({ code: 'E_IO' });
     await expect(journal.append(rec(4, 10))).rejects.toMatchObject({ code: 'E_IO' });
     expect(journal.failed).not.toBeNull();
+    expect(journal.durableSeq).toBe(1);
     await journal.close();
   });
 
@@ -198,22 +199,6 @@ describe('Journal', () => {
     await b;
     expect(journal.durableSeq).toBe(3);
     expect(events.slice(-2)).toEqual(['sync2-end', 'b-durable']);
-    await journal.close();
-  });
-});
-
-describe('Journal sync failure', () => {
-  it('a failed fdatasync fails its batch and every later append (fail-stop)', async () => {
-    const { journal } = await openJournal(tmp.path);
-    await journal.append(rec(1, 10));
-    const files = (journal as unknown as { files: Map<number, { sync: () => Promise<void> }> }).files;
-    for (const f of files.values()) f.sync = () => Promise.reject(Object.assign(new Error('EIO'), { code: 'EIO' }));
-    const a = journal.append(rec(2, 10));
-    const b = journal.append(rec(3, 10));
-    await expect(a).rejects.toMatchObject({ code: 'E_IO' });
-    await expect(b).rejects.toMatchObject({ code: 'E_IO' });
-    await expect(journal.append(rec(4, 10))).rejects.toMatchObject({ code: 'E_IO' });
-    expect(journal.durableSeq).toBe(1);
     await journal.close();
   });
 });
