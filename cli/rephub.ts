@@ -29,6 +29,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('retention', { type: 'string', default: '1h', describe: 'keep every recovery point this long' })
     .option('retention-long', { type: 'string', default: '24h', describe: 'then keep one point per minute this long' })
     .option('journal-bytes', { type: 'string', default: '8G', describe: 'journal space per volume; history is shortened (oldest first) when full' })
+    .option('journal-io', { choices: ['direct', 'buffered'] as const, default: 'direct' as const, describe: 'journal appends: O_DIRECT where the file system allows it, or through the page cache' })
     .option('log-level', { type: 'string', default: 'info', describe: 'trace|debug|info|warn|error' })
     .strict()
     .help()
@@ -57,6 +58,7 @@ export async function main(argv: string[]): Promise<number> {
     retentionMs: parseDuration(args.retention, '--retention'),
     retentionLongMs: parseDuration(args['retention-long'], '--retention-long'),
     journalBytes: parseSizeOption(args['journal-bytes'], '--journal-bytes'),
+    journalDirectIo: args['journal-io'] === 'direct',
     logger,
   });
   const ports = await hub.start();

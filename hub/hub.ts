@@ -68,6 +68,8 @@ export interface HubConfig {
   retentionLongMs?: number;
   /** Journal budget per volume; above it history is shortened (default 4 GiB). */
   journalBytes?: number;
+  /** Journal appends through O_DIRECT where the file system allows it (default true). */
+  journalDirectIo?: boolean;
   logger: Logger;
   /** Tuning (tests): segment file size, heartbeat and retention intervals. */
   segmentBytes?: number;
@@ -147,6 +149,7 @@ class HubImpl implements Hub {
         owner: this.hubId,
         segmentBytes: config.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
         maxRecordBytes: DEFAULT_MAX_RECORD_BYTES,
+        journalDirectIo: config.journalDirectIo,
         policy: {
           retentionMs: config.retentionMs ?? DEFAULT_RETENTION.retentionMs,
           retentionLongMs: config.retentionLongMs,

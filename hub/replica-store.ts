@@ -68,6 +68,8 @@ export interface ReplicaStoreOptions {
   policy: RetentionPolicy;
   segmentBytes?: number;
   maxRecordBytes?: number;
+  /** Journal appends through O_DIRECT where possible (default true; journal-storage.ts). */
+  journalDirectIo?: boolean;
 }
 
 interface BaseState {
@@ -131,7 +133,7 @@ export class ReplicaStore {
   }
 
   private async load(): Promise<void> {
-    const storage = new LocalJournalStorage(path.join(this.dir, JOURNAL_DIR));
+    const storage = new LocalJournalStorage(path.join(this.dir, JOURNAL_DIR), { directIo: this.options.journalDirectIo });
     const manifest = await storage.loadManifest();
     this.base = parseBaseState(manifest?.meta ?? {});
     this.journal = await Journal.open(
