@@ -66,12 +66,13 @@ function result(w: Workload, target: string, seconds: number): Result {
   };
 }
 
-export async function qemuImgBench(w: Workload, uri: string, target: string): Promise<Result> {
+/** `cpus`: run qemu-img under `taskset -c cpus` (the replication bench's pinned round). */
+export async function qemuImgBench(w: Workload, uri: string, target: string, cpus?: string): Promise<Result> {
   const args = ['bench', '-f', 'raw', '-c', String(w.count), '-d', String(w.depth), '-s', String(w.size), '-S', String(w.step)];
   if (w.write) args.push('-w');
   if (w.offset) args.push('-o', String(w.offset));
   args.push(uri);
-  const r = await run('qemu-img', args);
+  const r = cpus === undefined ? await run('qemu-img', args) : await run('taskset', ['-c', cpus, 'qemu-img', ...args]);
   const m = /Run completed in ([\d.]+) seconds/.exec(r.out);
   if (r.code !== 0 || !m) throw new Error(`qemu-img bench failed (${r.code}): ${r.err || r.out}`);
   return result(w, target, Number(m[1]));

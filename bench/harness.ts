@@ -9,6 +9,8 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { alignedBuffer } from '../common/block/direct-reader';
 import { HubClient } from '../cli/hub-client';
 import { waitSynced, VolumeStatusJson } from '../cli/commands/status';
 import { freePort, startBin, Started, stop } from '../cli/procs';
@@ -124,6 +126,46 @@ export function fillFile(file: string, size: number): void {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * The disk's own ceiling for durable sequential writes: `size` bytes written
+ * with O_DIRECT in 4 MiB requests, then one fdatasync (what the hub's journal
+ * does at best; falls back to buffered writes where O_DIRECT is refused).
+ */
+export function directWriteMBps(file: string, size: number): { seconds: number; mbps: number; direct: boolean } {
+  const chunk = alignedBuffer(4 * 1024 * 1024);
+  crypto.randomFillSync(chunk);
+  let fd: number;
+  let direct = true;
+  try {
+    fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_DIRECT, 0o644);
+  } catch {
+    direct = false;
+    fd = fs.openSync(file, 'w');
+  }
+  const t0 = process.hrtime.bigint();
+  try {
+    for (let pos = 0; pos < size; pos += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - pos), pos);
+    fs.fdatasyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+    fs.rmSync(file, { force: true });
+  }
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  return { seconds, mbps: round1(size / seconds / 1e6), direct };
+}
+
+/** True when `taskset` can pin processes and there are at least two CPUs to split. */
+export function canPin(): boolean {
+  if (os.cpus().length < 2) return false;
+  return spawnSync('taskset', ['-p', String(process.pid)], { stdio: 'ignore' }).status === 0;
+}
+
+/** Pins every thread of `pid` (and the threads it starts later) to the CPUs in `cpus` ("0", "1-3"). */
+export function pinProcess(pid: number, cpus: string): void {
+  const r = spawnSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`taskset -a -p -c ${cpus} ${pid} failed: ${r.stderr}`);
 }
 
 /** Plain sequential read of a file in 1 MiB chunks; MB/s. */
