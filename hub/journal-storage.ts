@@ -171,13 +171,20 @@ export class LocalJournalStorage implements JournalStorage {
     return `local:${this.dir}${this.directIo ? '' : ' (buffered)'}`;
   }
 
+  /** Why O_DIRECT appends are not in use although asked for (null: in use, or not asked for). */
+  directRefused: string | null = null;
+
   /** A second, O_DIRECT descriptor of `file` for appends; null where refused or disabled. */
   private openDirect(file: string): number | null {
     if (!this.directIo) return null;
     try {
-      return fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_DIRECT);
-    } catch {
-      return null; // tmpfs before Linux 6.6 and some network file systems refuse it
+      const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_DIRECT);
+      this.directRefused = null;
+      return fd;
+    } catch (err) {
+      // tmpfs before Linux 6.6 and some network file systems refuse it
+      this.directRefused = (err as NodeJS.ErrnoException).code ?? String(err);
+      return null;
     }
   }
 

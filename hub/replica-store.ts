@@ -146,6 +146,12 @@ export class ReplicaStore {
       },
       (entry) => this.absorb(entry, true),
     );
+    if (storage.directRefused) {
+      this.options.logger.warn(
+        { volume: this.metaValue.name, code: storage.directRefused },
+        'the file system refused O_DIRECT: journal appends go through the page cache',
+      );
+    }
     if (this.base.basePoint) this.pointList.unshift(this.base.basePoint);
     if (this.base.applying) {
       this.options.logger.info({ volume: this.metaValue.name }, 'finishing interrupted apply');

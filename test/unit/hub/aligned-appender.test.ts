@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import fc from 'fast-check';
+import { alignedBuffer } from '../../../common/block/direct-reader';
 import { AlignedAppender, DIRECT_BLOCK, MAX_STAGING_BYTES, StagingBuffer } from '../../../hub/aligned-appender';
 import { useTmpDir } from '../../helpers/tmpdir';
 
@@ -149,6 +150,34 @@ describe('AlignedAppender', () => {
       expect(await a.append([Buffer.alloc(10)], 16 * DIRECT_BLOCK - 5)).toBe(false);
       expect(await a.append([Buffer.alloc(10)], DIRECT_BLOCK)).toBe(false); // a rewrite
       expect(a.stats).toEqual({ direct: 2, fallback: 3 });
+    } finally {
+      f.close();
+    }
+  });
+
+  test('a write the kernel refuses (EINVAL: here, staging memory off alignment) is handed back, and so is every later one', async () => {
+    const f = openFile('einval.img', 16 * DIRECT_BLOCK);
+    try {
+      let skew = 0;
+      class Skewed extends StagingBuffer {
+        override take(bytes: number): Buffer {
+          const b = alignedBuffer(Math.max(bytes, 256 * 1024) + DIRECT_BLOCK);
+          return b.subarray(skew, skew + Math.max(bytes, 256 * 1024));
+        }
+      }
+      const a = new AlignedAppender(f.direct!, 16 * DIRECT_BLOCK, new Skewed());
+      expect(await a.append([Buffer.alloc(100, 1)], DIRECT_BLOCK)).toBe(true);
+      skew = 1;
+      expect(await a.append([Buffer.alloc(100, 2)], DIRECT_BLOCK + 100)).toBe(false);
+      fs.writeSync(f.fd, Buffer.alloc(100, 2), 0, 100, DIRECT_BLOCK + 100);
+      a.wroteElsewhere(DIRECT_BLOCK + 100, 100);
+      expect(a.enabled).toBe(false);
+      skew = 0;
+      expect(await a.append([Buffer.alloc(100, 3)], DIRECT_BLOCK + 200)).toBe(false);
+      expect(a.stats).toEqual({ direct: 1, fallback: 2 });
+      const back = Buffer.alloc(200);
+      fs.readSync(f.fd, back, 0, 200, DIRECT_BLOCK);
+      expect(back.equals(Buffer.concat([Buffer.alloc(100, 1), Buffer.alloc(100, 2)]))).toBe(true);
     } finally {
       f.close();
     }
