@@ -231,6 +231,7 @@ class HubImpl implements Hub {
         lagSeconds: s.lagSeconds,
         journalBytes: s.journalBytes,
         fsyncs: this.volumes.store(s.name)?.journalStats.fsyncs ?? 0,
+        journalDirectIo: this.volumes.store(s.name)?.journalDirectIo ?? false,
       })),
     };
   }

@@ -53,6 +53,8 @@ export interface SegmentFile {
   read(position: number, length: number): Promise<Buffer>;
   /** Durability barrier for every completed write (fdatasync). */
   sync(): Promise<void>;
+  /** True while appends bypass the page cache (O_DIRECT). */
+  readonly direct: boolean;
   close(): Promise<void>;
 }
 
@@ -87,6 +89,10 @@ class LocalSegmentFile implements SegmentFile {
     writtenEnd: number,
   ) {
     this.appender = directFd === null ? null : new AlignedAppender(directFd, size, staging, writtenEnd);
+  }
+
+  get direct(): boolean {
+    return this.appender?.enabled ?? false;
   }
 
   get directStats(): { direct: number; fallback: number } {

@@ -285,6 +285,11 @@ export class Journal {
     return victims.length;
   }
 
+  /** True while appends to the active segment bypass the page cache (journal-storage.ts). */
+  get directIo(): boolean {
+    return this.active.file.direct;
+  }
+
   /** Waits until every record appended so far is durable (or failed). */
   async drain(): Promise<void> {
     while (this.flushing) await this.flushing.catch(() => undefined);

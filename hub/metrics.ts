@@ -9,7 +9,7 @@ import { SessionObserver } from './session';
 
 export interface MetricsSnapshot {
   connectedAgents: number;
-  volumes: { name: string; lagSeconds: number; journalBytes: number; fsyncs: number }[];
+  volumes: { name: string; lagSeconds: number; journalBytes: number; fsyncs: number; journalDirectIo: boolean }[];
 }
 
 export class HubMetrics implements SessionObserver {
@@ -86,6 +86,16 @@ export class HubMetrics implements SessionObserver {
       collect: () => {
         journal.reset();
         for (const v of snapshot().volumes) journal.set({ volume: v.name }, v.journalBytes);
+      },
+    });
+    const direct = new Gauge({
+      name: 'rephub_journal_direct_io',
+      help: '1 while the volume journal appends bypass the page cache (O_DIRECT), 0 when they go through it',
+      labelNames: ['volume'],
+      registers,
+      collect: () => {
+        direct.reset();
+        for (const v of snapshot().volumes) direct.set({ volume: v.name }, v.journalDirectIo ? 1 : 0);
       },
     });
     const connected: Gauge = new Gauge({

@@ -198,6 +198,10 @@ export class ReplicaStore {
     return this.journal.queuedBytes;
   }
 
+  get journalDirectIo(): boolean {
+    return this.journal.directIo;
+  }
+
   get journalStats(): Readonly<{ fsyncs: number; records: number; bytes: number }> {
     return this.journal.stats;
   }

@@ -116,6 +116,7 @@ describe('hub sessions over real WebSockets', () => {
     const metrics = await getJson('/metrics');
     expect(metrics.text).toMatch(/rephub_records_total\{volume="vol1",type="data"\} 3/);
     expect(metrics.text).toMatch(/rephub_connected_agents 1/);
+    expect(metrics.text).toMatch(/rephub_journal_direct_io\{volume="vol1"\} 1/); // the test directory allows O_DIRECT
     expect(metrics.text).toMatch(/rephub_ack_latency_seconds_count\{volume="vol1"\} 2/);
     expect(metrics.text).toMatch(/rephub_fsyncs_total\{volume="vol1"\} \d+/);
 
