@@ -14,7 +14,9 @@
  *    agent, hub process; plus hub in-process).
  * 4. resync efficiency: hub stopped, N distinct 64 KiB regions written, hub
  *    restarted; payload bytes the hub received / dirty bytes.
- * 5. initial sync MB/s of a 1 GiB file full of random data vs a plain
+ * 5. the hub's applier: 4 KiB records folded into the base image per second,
+ *    vs records appended per second (bench/applier.ts).
+ * 6. initial sync MB/s of a 1 GiB file full of random data vs a plain
  *    sequential read of the same file, page cache dropped before each; and
  *    vs the disk's durable write rate (O_DIRECT + fdatasync), the ceiling.
  */
@@ -25,6 +27,7 @@ import {
   canPin, directWriteMBps, distinctBlocks, dropCaches, fillFile, hubSynced, loadAvg, pinProcess, ProcSet, ratio, round1, round2,
   scrapeCounter, sequentialReadMBps, sleep, startAgent, startHub, subdir,
 } from './harness';
+import { measureApplier } from './applier';
 import { LagResult, measureLag, measureSyncs, SyncCounts } from './replication-inproc';
 import type { Section, SectionOutput } from './sections';
 
@@ -36,6 +39,7 @@ const LAG_SECONDS = 5;
 const LAG_VOLUME_SIZE = 256 * MiB; // smaller: each lag run starts with its own initial sync
 const OUTAGE_REGIONS = 1024; // 64 MiB in 64 KiB regions
 const REGION = 64 * 1024;
+const APPLIER_RECORDS = 100_000;
 
 function workload(name: string): Workload {
   const w = WORKLOADS.find((x) => x.name === name);
@@ -238,6 +242,8 @@ export async function benchReplication(dir: string, log: (s: string) => void): P
   load.afterLag = loadAvg();
   const resync = await resyncAfterOutage(dir, log);
   log(`  resync after outage: ${resync.shippedBytes} bytes shipped for ${resync.dirtyBytes} dirty`);
+  const applier = await measureApplier(dir, APPLIER_RECORDS, VOLUME_SIZE);
+  log(`  applier: ${applier.applyPerSecond} records/s applied, ${applier.appendPerSecond} records/s appended`);
   const init = await initialSync(dir);
   log(`  initial sync: ${init.syncMBps} MB/s vs read ${init.readMBps} MB/s`);
   load.end = loadAvg();
@@ -260,6 +266,14 @@ export async function benchReplication(dir: string, log: (s: string) => void): P
   }
   for (const s of syncs) rows.push([`agent fsyncs / 1000 writes (${s.workload})`, '-', String(s.perThousand), '-', '-', '-']);
   rows.push(['resync bytes / dirty bytes', `${resync.dirtyBytes / MiB} MiB`, `${round1(resync.shippedBytes / MiB)} MiB`, `${resync.ratio.toFixed(2)}x`, '<= 1.1x', yes(resync.ratio <= 1.1)]);
+  rows.push([
+    'hub applier, 4 KiB records/s (vs appends)',
+    `${applier.appendPerSecond} (append)`,
+    String(applier.applyPerSecond),
+    `${applier.ratio.toFixed(2)}x`,
+    '-',
+    '-',
+  ]);
   const initRatio = init.syncMBps / init.readMBps;
   rows.push(['initial sync MB/s (1 GiB random data)', `${init.readMBps} (seq read)`, String(init.syncMBps), ratio(init.syncMBps, init.readMBps), '>= 0.80x', yes(initRatio >= 0.8)]);
   rows.push([
@@ -278,6 +292,7 @@ export async function benchReplication(dir: string, log: (s: string) => void): P
       lag,
       fsyncs: syncs,
       resync,
+      applier,
       initialSync: { ...init, ratio: round2(initRatio) },
       loadavg: load,
     },

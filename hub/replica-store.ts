@@ -79,6 +79,8 @@ interface BaseState {
 }
 
 const BASE_FILE = 'base.img';
+/** The applier reads runs of journal records up to this many bytes at a time. */
+const APPLY_READ_BYTES = 8 * 1024 * 1024;
 const JOURNAL_DIR = 'journal';
 
 export class ReplicaStore {
@@ -387,9 +389,30 @@ export class ReplicaStore {
   private async applyTo(target: RecoveryPoint): Promise<void> {
     await this.journal.updateMeta(baseMeta({ ...this.base, applying: target }));
     const records = this.index.recordsThrough(target.position);
-    for (const r of records) {
-      if (r.kind === 'data') await this.baseDevice.write(r.offset, await this.journal.readData(r, 0, r.length));
-      else await this.baseDevice.writeZeroes(r.offset, r.length);
+    for (let i = 0; i < records.length; ) {
+      const r = records[i]!;
+      if (r.kind !== 'data') {
+        await this.baseDevice.writeZeroes(r.offset, r.length);
+        i++;
+        continue;
+      }
+      // data records lie back to back in their segment: read a run of them with one read
+      // (one read per record made the applier latency-bound: ~11k 4 KiB records/s)
+      const ordinal = ordinalOf(r.position);
+      let j = i + 1;
+      while (j < records.length) {
+        const q = records[j]!;
+        if (q.kind !== 'data' || ordinalOf(q.position) !== ordinal || q.dataOffset + q.length - r.dataOffset > APPLY_READ_BYTES) break;
+        j++;
+      }
+      const last = records[j - 1]!;
+      const span = await this.journal.readData(r, 0, last.dataOffset + last.length - r.dataOffset);
+      for (let k = i; k < j; k++) {
+        const q = records[k]!;
+        const at = q.dataOffset - r.dataOffset;
+        await this.baseDevice.write(q.offset, span.subarray(at, at + q.length));
+      }
+      i = j;
     }
     await this.baseDevice.flush();
     this.index.dropThrough(target.position);
