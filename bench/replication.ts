@@ -6,8 +6,8 @@
  *    4k-randwrite-qd32 and 128k-seqwrite-qd8 (bench/frontends.ts) through
  *    qemu-img bench on the agent's NBD export; on = after the initial sync
  *    finished. Rounds alternate off/on; the best round of each counts (the
- *    machine is shared, the best round is the least disturbed one). Then one
- *    more off/on pair with the hub pinned to its own core (oneRound).
+ *    machine is shared, the best round is the least disturbed one). Then the
+ *    same rounds with the hub pinned to its own core (oneRound).
  * 2. agent fdatasyncs per 1000 writes, random and sequential (in-process
  *    agent, bench/replication-inproc.ts).
  * 3. replication lag per write at 50% of the measured max IOPS (in-process
@@ -64,11 +64,11 @@ interface ThroughputRow {
  * is about in a real deployment; unpinned, the hub competes for the same two
  * cores as the workload it replicates.
  */
-async function oneRound(dir: string, round: number | 'pinned', replicate: boolean): Promise<Result[]> {
+async function oneRound(dir: string, round: number | `pinned-${number}`, replicate: boolean): Promise<Result[]> {
   const procs = new ProcSet();
   const d = subdir(dir, `tp-${replicate ? 'on' : 'off'}-${round}`);
   const file = path.join(d, 'vol.img');
-  const pinned = round === 'pinned';
+  const pinned = typeof round === 'string';
   makeSparse(file, VOLUME_SIZE);
   try {
     const hub = replicate ? await startHub(procs, path.join(d, 'hub')) : null;
@@ -108,16 +108,18 @@ function rows(runs: Record<'on' | 'off', Result[]>): ThroughputRow[] {
   });
 }
 
-/** One off/on pair with the hub on its own core (oneRound); null where taskset or a second CPU is missing. */
+/** Alternating off/on rounds with the hub on its own core (oneRound); null where taskset or a second CPU is missing. */
 async function pinnedThroughput(dir: string, log: (s: string) => void): Promise<ThroughputRow[] | null> {
   if (!canPin()) {
     log('  pinned round skipped (no taskset or a single CPU)');
     return null;
   }
   const runs: Record<'on' | 'off', Result[]> = { on: [], off: [] };
-  for (const mode of ['off', 'on'] as const) {
-    runs[mode].push(...(await oneRound(dir, 'pinned', mode === 'on')));
-    log(`  throughput, hub on its own core, replication ${mode} done`);
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const mode of ['off', 'on'] as const) {
+      runs[mode].push(...(await oneRound(dir, `pinned-${r}`, mode === 'on')));
+      log(`  throughput round ${r + 1}, hub on its own core, replication ${mode} done`);
+    }
   }
   return rows(runs);
 }

@@ -30,6 +30,7 @@ describe('CLI argument errors', () => {
     ['rephub', ['--listen', 'off'], /cannot be 'off'/],
     ['rephub', ['--tls-cert', '/nonexistent'], /go together/],
     ['rephub', ['--retention', 'forever'], /--retention/],
+    ['rephub', ['--journal-io', 'sometimes'], /Invalid values[\s\S]*journal-io/],
     ['repctl', [], /name a command/],
     ['repctl', ['status'], /Missing required argument: hub/],
     ['repctl', ['wait-synced', '--hub', 'ws://127.0.0.1:1'], /Missing required argument: volume/],
