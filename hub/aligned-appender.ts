@@ -84,7 +84,7 @@ async function writeFully(fd: number, buf: Buffer, position: number): Promise<vo
 }
 
 export class AlignedAppender {
-  /** The partial last block written (its bytes before `end` are the file's). */
+  /** Copy of the partial last block this appender wrote (what the file holds there). */
   private tail: { start: number; block: Buffer } | null = null;
   private readonly tailBlock = Buffer.allocUnsafe(DIRECT_BLOCK);
   /** End of everything written to the file, as far as we know. */
