@@ -42,8 +42,10 @@ type Interval = [number, number];
  * ~70 MB that no GC looks into. Region lists hold record ids (plain numbers,
  * which V8 stores unboxed); id - base is the row.
  */
+const MIN_ROWS = 1024;
+
 class RecordColumns {
-  private cap = 1024;
+  private cap = MIN_ROWS;
   position = new Float64Array(this.cap);
   offset = new Float64Array(this.cap);
   length = new Float64Array(this.cap);
@@ -56,7 +58,7 @@ class RecordColumns {
   rows = 0;
 
   push(r: IndexedRecord): number {
-    if (this.rows === this.cap) this.grow();
+    if (this.rows === this.cap) this.resize(this.head * 2 >= this.cap ? this.cap : this.cap * 2);
     const i = this.rows++;
     this.position[i] = r.position;
     this.offset[i] = r.offset;
@@ -66,18 +68,27 @@ class RecordColumns {
     return this.base + i;
   }
 
-  /** Drops the oldest row; compacts when the dropped part outgrows the live part. */
+  /**
+   * Drops the oldest row. Compacts when the dropped part outgrows the live
+   * part, and gives memory back once the live part fits in a quarter (after a
+   * burst has been applied).
+   */
   shift(): void {
     this.head++;
-    if (this.head === this.rows) {
+    const live = this.rows - this.head;
+    if (live === 0) {
       this.base += this.rows;
       this.head = this.rows = 0;
+      if (this.cap > MIN_ROWS) this.resize(MIN_ROWS);
     } else if (this.head > 1024 && this.head * 2 > this.rows) {
-      for (const col of [this.position, this.offset, this.length, this.dataOffset]) col.copyWithin(0, this.head, this.rows);
-      this.kind.copyWithin(0, this.head, this.rows);
-      this.base += this.head;
-      this.rows -= this.head;
-      this.head = 0;
+      if (this.cap > MIN_ROWS && live * 4 < this.cap) this.resize(Math.max(MIN_ROWS, this.cap / 2));
+      else {
+        for (const col of [this.position, this.offset, this.length, this.dataOffset]) col.copyWithin(0, this.head, this.rows);
+        this.kind.copyWithin(0, this.head, this.rows);
+        this.base += this.head;
+        this.rows = live;
+        this.head = 0;
+      }
     }
   }
 
@@ -92,20 +103,23 @@ class RecordColumns {
     };
   }
 
-  private grow(): void {
-    const cap = this.cap * 2;
-    const widen = (a: Float64Array): Float64Array<ArrayBuffer> => {
+  /** Moves the live rows to the start of new columns of `cap` rows. */
+  private resize(cap: number): void {
+    const move = (a: Float64Array): Float64Array<ArrayBuffer> => {
       const b = new Float64Array(cap);
-      b.set(a.subarray(0, this.rows));
+      b.set(a.subarray(this.head, this.rows));
       return b;
     };
-    this.position = widen(this.position);
-    this.offset = widen(this.offset);
-    this.length = widen(this.length);
-    this.dataOffset = widen(this.dataOffset);
+    this.position = move(this.position);
+    this.offset = move(this.offset);
+    this.length = move(this.length);
+    this.dataOffset = move(this.dataOffset);
     const k = new Uint8Array(cap);
-    k.set(this.kind.subarray(0, this.rows));
+    k.set(this.kind.subarray(this.head, this.rows));
     this.kind = k;
+    this.base += this.head;
+    this.rows -= this.head;
+    this.head = 0;
     this.cap = cap;
   }
 }

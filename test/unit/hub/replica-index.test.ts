@@ -126,7 +126,7 @@ describe('ReplicaIndex', () => {
     );
   });
 
-  test('stays right across many records, drops in steps and the column compaction they trigger', () => {
+  test('stays right across many records, drops in steps, and the column compaction and shrinking they trigger', () => {
     const ops: Op[] = [];
     let seed = 7;
     const rnd = (n: number): number => {
@@ -138,6 +138,13 @@ describe('ReplicaIndex', () => {
         ops.push({ op: 'add', kind: rnd(5) === 0 ? 'zeroes' : 'data', offset: rnd(VOLUME), length: 1 + rnd(REGION * 2), gap: 1 + rnd(100) });
       }
       ops.push({ op: 'drop', frac: 0.6 });
+      for (let i = 0; i < 5; i++) ops.push({ op: 'read', frac: rnd(1000) / 1000, offset: rnd(VOLUME - 4096), length: 4096 });
+    }
+    // a burst applied down to a few records (the columns shrink), then everything, then new records
+    for (const frac of [0.995, 1]) {
+      ops.push({ op: 'drop', frac });
+      for (let i = 0; i < 5; i++) ops.push({ op: 'read', frac: rnd(1000) / 1000, offset: rnd(VOLUME - 4096), length: 4096 });
+      for (let i = 0; i < 300; i++) ops.push({ op: 'add', kind: 'data', offset: rnd(VOLUME), length: 1 + rnd(REGION), gap: 1 + rnd(100) });
       for (let i = 0; i < 5; i++) ops.push({ op: 'read', frac: rnd(1000) / 1000, offset: rnd(VOLUME - 4096), length: 4096 });
     }
     run(ops);
