@@ -32,6 +32,7 @@
  */
 import * as fs from 'node:fs';
 import { alignedBuffer } from '../common/block/direct-reader';
+import { preadFull } from '../common/block/file-device';
 
 export const DIRECT_BLOCK = 4096;
 /** Largest staging buffer; bigger appends are written in pieces of this size. */
@@ -65,10 +66,6 @@ function alignUp(n: number): number {
 
 function writeAt(fd: number, buf: Buffer, position: number): Promise<number> {
   return new Promise((resolve, reject) => fs.write(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(err) : resolve(n))));
-}
-
-function readAt(fd: number, buf: Buffer, position: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.read(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
 /** Writes all of an aligned buffer; a short direct write must stay block-aligned. */
@@ -151,8 +148,7 @@ export class AlignedAppender {
       if (t && t.start === blockStart) t.block.copy(stage, 0, 0, fill);
       else {
         // not a continuation of our last append: the block's prefix comes from the file
-        const n = await readAt(this.fd, stage.subarray(0, DIRECT_BLOCK), blockStart);
-        if (n < fill) stage.fill(0, n, fill);
+        await preadFull(this.fd, stage.subarray(0, DIRECT_BLOCK), blockStart);
       }
     }
     let fileOffset = blockStart;

@@ -263,6 +263,6 @@ describe.each([
 });
 
 async function waitUntil(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 2));
+  for (let i = 0; i < 2500 && !cond(); i++) await new Promise((r) => setTimeout(r, 2)); // ~5 s: a loaded CI box
   if (!cond()) throw new Error('condition not reached');
 }
