@@ -144,15 +144,16 @@ export function directWriteMBps(file: string, size: number): { seconds: number; 
     direct = false;
     fd = fs.openSync(file, 'w');
   }
-  const t0 = process.hrtime.bigint();
+  let seconds: number;
   try {
+    const t0 = process.hrtime.bigint();
     for (let pos = 0; pos < size; pos += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - pos), pos);
     fs.fdatasyncSync(fd);
+    seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   } finally {
     fs.closeSync(fd);
     fs.rmSync(file, { force: true });
   }
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   return { seconds, mbps: round1(size / seconds / 1e6), direct };
 }
 

@@ -289,8 +289,8 @@ export async function benchReplication(dir: string, log: (s: string) => void): P
   return {
     rows,
     json: {
-      throughput: tp.map((t) => ({ ...t, ratio: round2(t.workload.startsWith('4k') ? t.on.iops / t.off.iops : t.on.mbps / t.off.mbps) })),
-      throughputHubOwnCore: pinned?.map((t) => ({ ...t, ratio: round2(t.workload.startsWith('4k') ? t.on.iops / t.off.iops : t.on.mbps / t.off.mbps) })) ?? null,
+      throughput: tp.map(withRatio),
+      throughputHubOwnCore: pinned?.map(withRatio) ?? null,
       lag,
       fsyncs: syncs,
       resync,
@@ -299,6 +299,11 @@ export async function benchReplication(dir: string, log: (s: string) => void): P
       loadavg: load,
     },
   };
+}
+
+/** A throughput row with its on/off ratio: IOPS for the 4k workload, MB/s for the 128k one. */
+function withRatio(t: ThroughputRow): ThroughputRow & { ratio: number } {
+  return { ...t, ratio: round2(t.workload.startsWith('4k') ? t.on.iops / t.off.iops : t.on.mbps / t.off.mbps) };
 }
 
 function yes(ok: boolean): string {

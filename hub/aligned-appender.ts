@@ -84,8 +84,8 @@ export class AlignedAppender {
   /** Copy of the partial last block this appender wrote (what the file holds there). */
   private tail: { start: number; block: Buffer } | null = null;
   private readonly tailBlock = Buffer.allocUnsafe(DIRECT_BLOCK);
-  /** End of everything written to the file, as far as we know. */
-  private end: number;
+  /** End of everything written to the file, as far as we know (a new file: nothing). */
+  private end = 0;
   private refused = false;
   readonly stats = { direct: 0, fallback: 0 };
 
@@ -93,11 +93,7 @@ export class AlignedAppender {
     private readonly fd: number,
     private readonly size: number,
     private readonly staging: StagingBuffer,
-    /** End of what the file already holds (its size for a file of unknown contents). */
-    initialEnd = 0,
-  ) {
-    this.end = initialEnd;
-  }
+  ) {}
 
   /** Bytes [position, position+length) were written without us (forgets our copy of the partial block). */
   wroteElsewhere(position: number, length: number): void {

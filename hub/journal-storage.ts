@@ -85,10 +85,9 @@ class LocalSegmentFile implements SegmentFile {
     private readonly fd: number,
     private readonly directFd: number | null,
     staging: StagingBuffer,
-    /** End of the bytes the file holds: 0 for a new segment, its size for one reopened. */
-    writtenEnd: number,
   ) {
-    this.appender = directFd === null ? null : new AlignedAppender(directFd, size, staging, writtenEnd);
+    // only a new, empty segment gets a direct descriptor (the header goes through writeBuffered)
+    this.appender = directFd === null ? null : new AlignedAppender(directFd, size, staging);
   }
 
   get direct(): boolean {
@@ -223,7 +222,7 @@ export class LocalJournalStorage implements JournalStorage {
     await fs.promises.mkdir(this.dir, { recursive: true });
     const full = path.join(this.dir, name);
     const fd = await call<number>((cb) => fs.open(full, 'wx+', 0o644, cb));
-    const file = new LocalSegmentFile(name, size, fd, this.openDirect(full), this.staging, 0);
+    const file = new LocalSegmentFile(name, size, fd, this.openDirect(full), this.staging);
     try {
       // buffered: the spare segment is created while the active one appends through the staging buffer
       await file.writeBuffered([header], 0);
@@ -242,7 +241,7 @@ export class LocalJournalStorage implements JournalStorage {
     const fd = await call<number>((cb) => fs.open(file, 'r+', cb));
     const st = fs.fstatSync(fd);
     // a reopened segment is only read (the journal never appends to it): no direct descriptor
-    return new LocalSegmentFile(name, st.size, fd, null, this.staging, st.size);
+    return new LocalSegmentFile(name, st.size, fd, null, this.staging);
   }
 
   async removeSegment(name: string): Promise<void> {
